@@ -1,0 +1,127 @@
+"""One training run from a composed config: build, train, select on val, test once, write results.
+
+This is the wiring `python -m src.train` calls; every piece is instantiated from its config group:
+data (`src.data`), model (`src.models`), aug, optim, sched, trainer (`src.engine.trainer`), logger.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import statistics
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from ..errors import ConfigError
+from ..fileio import atomic_write_json
+from ..models import count_parameters, size_mb
+from .checkpoint import load_checkpoint
+from .metrics import per_class_table
+from .plots import confusion_matrix_figure, save_figure
+
+log = logging.getLogger(__name__)
+
+
+def make_criterion(loss_cfg: DictConfig, class_counts: torch.Tensor) -> nn.Module:
+    """Cross-entropy with optional label smoothing and class weights (`balanced`: n / (k * n_c))."""
+    smoothing = float(loss_cfg.get("label_smoothing", 0.0))
+    if not 0 <= smoothing < 1:
+        raise ConfigError(f"loss.label_smoothing={smoothing} is invalid: it must be in [0, 1)")
+    weights = loss_cfg.get("class_weights")
+    if weights == "balanced":
+        counts = class_counts.double()
+        weights = torch.where(counts > 0, counts.sum() / (len(counts) * counts.clamp(min=1)), 0).float()
+    elif weights is not None:
+        if isinstance(weights, str) or len(weights) != len(class_counts):
+            raise ConfigError(f"loss.class_weights={weights} is invalid: use null, balanced or one weight per "
+                              f"class ({len(class_counts)})")
+        weights = torch.tensor(list(weights), dtype=torch.float)
+    return nn.CrossEntropyLoss(weight=weights, label_smoothing=smoothing)
+
+
+def _flat_hparams(cfg: DictConfig, choices: dict | None) -> dict:
+    """Hyper-parameters for TensorBoard's HParams tab: group choices and every scalar setting."""
+    flat = {f"choice/{group}": str(option) for group, option in (choices or {}).items()
+            if not group.startswith("hydra") and option is not None}
+
+    def walk(node, prefix: str) -> None:
+        for key, value in node.items():
+            if str(key).startswith("_"):
+                continue
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                flat[f"{prefix}{key}"] = value if isinstance(value, int | float | str | bool) else str(value)
+
+    container = OmegaConf.to_container(cfg, resolve=True)
+    walk({k: v for k, v in container.items() if k not in ("paths", "logger")}, "")
+    return flat
+
+
+def _write_history(history: list[dict], path: Path) -> None:
+    keys = list(dict.fromkeys(k for record in history for k in record))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> dict:
+    """Trains as configured; writes checkpoints/, metrics.json, history.csv and TensorBoard events
+    into `run_dir`; returns the metrics."""
+    run_dir = Path(run_dir)
+    torch.manual_seed(cfg.seed)  # weight init and dropout
+    data = instantiate(cfg.data).setup()
+    model = instantiate(cfg.model, num_classes=len(data.classes), in_channels=data.channels)
+    trainer = instantiate(cfg.trainer)
+    augment = instantiate(cfg.aug)
+    criterion = make_criterion(cfg.loss, data.class_counts)
+    params, megabytes = count_parameters(model), size_mb(model)
+    log.info("Model %s: %s parameters, %.2f MB", type(model).__name__, f"{params:,}", megabytes)
+    meta = {"config": OmegaConf.to_container(cfg, resolve=True), "data": data.describe()}
+    logger = instantiate(cfg.logger, log_dir=run_dir)
+    try:
+        state = trainer.fit(model, data, instantiate(cfg.optim), instantiate(cfg.sched), augment, criterion,
+                            run_dir / "checkpoints", seed=cfg.seed, meta=meta, logger=logger,
+                            ckpt_path=cfg.get("ckpt_path"))
+
+        # Honest evaluation: the checkpoint selected on val, evaluated on test once.
+        model.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "best.pt")["model"])
+        test = trainer.evaluate(model, data, "test")
+        best = state.history[state.best_epoch - 1]
+        timed = state.history[1:] if len(state.history) > 1 else state.history  # epoch 1 pays one-time costs
+        metrics = {
+            "best_epoch": state.best_epoch,
+            "epochs": state.epoch,
+            "monitor": trainer.monitor,
+            **{key: best.get(key) for key in ("val/loss", "val/acc", "val/balanced_acc", "val/macro_f1")},
+            **{f"test/{key}": (test or {}).get(key)
+               for key in ("loss", "acc", "balanced_acc", "macro_f1", "per_class", "confusion_matrix")},
+            "classes": data.classes,
+            "model/params": params,
+            "model/size_mb": round(megabytes, 3),
+            "train/epoch_time_s": statistics.median(r["train/epoch_time_s"] for r in state.history),
+            "train/images_per_s": statistics.median(r["train/images_per_s"] for r in timed),
+            "device": str(trainer.device),
+            "precision": trainer.precision,
+            "seed": cfg.seed,
+        }
+        atomic_write_json(metrics, run_dir / "metrics.json")
+        _write_history(state.history, run_dir / "history.csv")
+        if test:
+            logger.log_confusion_matrix("test/confusion_matrix", test["confusion_matrix"], data.classes,
+                                        state.best_epoch)
+            save_figure(confusion_matrix_figure(test["confusion_matrix"], data.classes, "test"),
+                        run_dir / "confusion_matrix_test.png")
+            log.info("Test (best epoch %d by %s): acc %.4f, macro-F1 %.4f, balanced acc %.4f\n%s",
+                     state.best_epoch, trainer.monitor, test["acc"], test["macro_f1"], test["balanced_acc"],
+                     per_class_table(test["per_class"]))
+        final = {f"hparam/{k.replace('/', '_')}": metrics[k]
+                 for k in ("val/acc", "val/macro_f1", "test/acc", "test/macro_f1") if metrics[k] is not None}
+        logger.log_hparams(_flat_hparams(cfg, choices), final)
+    finally:
+        logger.close()
+    return metrics

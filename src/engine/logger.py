@@ -1,0 +1,58 @@
+"""The `logger=` config group: TensorBoard (scalars, confusion matrices, HParams) or nothing."""
+from __future__ import annotations
+
+import os
+
+from .plots import confusion_matrix_figure
+
+
+class TensorBoardLogger:
+    """Writes event files into the run directory, so `tensorboard --logdir outputs` finds every run."""
+
+    def __init__(self, log_dir: str | os.PathLike, flush_secs: int = 30):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(log_dir), flush_secs=flush_secs)
+
+    def log_scalars(self, metrics: dict[str, float], step: int) -> None:
+        for tag, value in metrics.items():
+            self.writer.add_scalar(tag, value, step)
+
+    def log_confusion_matrix(self, tag: str, matrix: list[list[int]], classes: list[str], step: int) -> None:
+        self.writer.add_figure(tag, confusion_matrix_figure(matrix, classes, tag), step, close=True)
+
+    def log_hparams(self, hparams: dict, metrics: dict[str, float]) -> None:
+        """One row in the HParams tab: the run's hyper-parameters with its final metrics.
+
+        Written into the run's own event file (not a sub-run, as SummaryWriter.add_hparams does),
+        so the HParams row links to the run's scalars.
+        """
+        from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+        experiment, start, end = hparams_summary(hparams, metrics)
+        for summary in (experiment, start, end):
+            self.writer.file_writer.add_summary(summary)
+        for tag, value in metrics.items():
+            self.writer.add_scalar(tag, value, 0)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class NullLogger:
+    """logger=none: log nothing (metrics.json and checkpoints are still written)."""
+
+    def __init__(self, log_dir: str | os.PathLike | None = None):
+        pass
+
+    def log_scalars(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def log_confusion_matrix(self, tag: str, matrix: list[list[int]], classes: list[str], step: int) -> None:
+        pass
+
+    def log_hparams(self, hparams: dict, metrics: dict[str, float]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

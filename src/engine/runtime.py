@@ -1,0 +1,68 @@
+"""Device, precision and seeding decisions, made once per run."""
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import torch
+
+from ..errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto: the first CUDA GPU if there is one, else the CPU. Asking for CUDA without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"trainer.device={name} but no CUDA GPU is available here; "
+                              "use trainer.device=cpu or auto")
+        device = torch.device(name)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"trainer.device={name} but only {torch.cuda.device_count()} GPU(s) are visible")
+        return device
+    raise ConfigError(f"trainer.device={name} is invalid: use auto, cpu, cuda or cuda:N")
+
+
+def cpu_supports_bf16() -> bool:
+    """True where oneDNN has native bf16 kernels (AVX512-BF16 or AMX), which make bf16 faster than fp32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """auto: bf16 where the device runs it natively, else fp16 on older GPUs, else fp32."""
+    if name not in ("auto", *DTYPES):
+        raise ConfigError(f"trainer.precision={name} is invalid: use auto, fp32, bf16 or fp16")
+    if device.type == "cuda":
+        if name == "auto":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return name
+    if name == "fp16":
+        raise ConfigError("trainer.precision=fp16 needs a CUDA GPU; on CPU use bf16 or fp32")
+    if name == "auto":
+        return "bf16" if cpu_supports_bf16() else "fp32"
+    if name == "bf16" and not cpu_supports_bf16():
+        log.warning("This CPU has no native bf16 support: bf16 will be emulated and slower than fp32")
+    return name
+
+
+def autocast(device: torch.device, precision: str):
+    """Mixed-precision context for forward passes (a no-op for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=DTYPES[precision])
+
+
+def synchronize(device: torch.device) -> None:
+    """Waits for queued device work; used only to take timings, never per batch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

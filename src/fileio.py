@@ -1,0 +1,35 @@
+"""Atomic writes: a file is written beside its destination and renamed over it, so a crash at any
+moment leaves either the previous version or the new one, never a partial file."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+import torch
+
+
+def _atomic_write(path: str | os.PathLike, mode: str, write: Callable[[IO], None]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_torch_save(obj, path: str | os.PathLike) -> None:
+    _atomic_write(path, "wb", lambda f: torch.save(obj, f))
+
+
+def atomic_write_json(obj, path: str | os.PathLike) -> None:
+    _atomic_write(path, "w", lambda f: json.dump(obj, f, indent=2))

@@ -1,0 +1,47 @@
+"""Pieces every model family shares: stems sized for the input, initialization, argument checks."""
+from __future__ import annotations
+
+import torch.nn as nn
+
+from ..errors import ConfigError
+
+# Below this input size the ImageNet stem (7x7 stride 2 + max-pool) throws away most of the image:
+# a 48x48 face would enter the first stage at 12x12.
+SMALL_INPUT_MAX = 96
+
+
+def resolve_stem(stem: str, input_size: int | None) -> str:
+    """`auto` picks the CIFAR stem for small (or unknown) inputs and the ImageNet stem above ~96 px."""
+    if stem not in ("auto", "cifar", "imagenet"):
+        raise ConfigError(f"model.stem={stem} is invalid: use auto, cifar or imagenet")
+    if stem == "auto":
+        return "imagenet" if input_size is not None and input_size > SMALL_INPUT_MAX else "cifar"
+    return stem
+
+
+def make_stem(kind: str, in_channels: int, out_channels: int) -> nn.Sequential:
+    """CIFAR stem: 3x3 conv, stride 1, no pooling. ImageNet stem: 7x7 conv stride 2, 3x3 max-pool stride 2."""
+    if kind == "cifar":
+        return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+                             nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 7, stride=2, padding=3, bias=False),
+                         nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True),
+                         nn.MaxPool2d(3, stride=2, padding=1))
+
+
+def check_dropout(name: str, p: float) -> float:
+    if not 0 <= p < 1:
+        raise ConfigError(f"{name}={p} is invalid: dropout must be in [0, 1)")
+    return float(p)
+
+
+def kaiming_init(model: nn.Module) -> None:
+    """He initialization for convolutions (fan-out, ReLU), unit/zero batch-norm affine parameters."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d | nn.GroupNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
