@@ -30,9 +30,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise UserError(f"checkpoint {path} was refused: it holds objects other than plain data "
-                        f"and tensors, which could run code on load ({str(exc).splitlines()[0]})") from None
-    except (RuntimeError, EOFError, OSError) as exc:
+        if "Weights only load failed" in str(exc):  # a pickle naming classes or functions: refuse it
+            raise UserError(f"checkpoint {path} was refused: it holds objects other than plain data and "
+                            "tensors, which could run code on load") from None
+        raise UserError(f"checkpoint {path} is not a readable PyTorch checkpoint: {exc}") from None
+    except Exception as exc:  # torch.load raises many types for files that are not checkpoints
         raise UserError(f"checkpoint {path} is not a readable PyTorch checkpoint: {exc}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "meta" not in ckpt:
         raise UserError(f"checkpoint {path} was not written by this runner (no model/meta entries)")

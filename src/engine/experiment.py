@@ -12,10 +12,11 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ..errors import ConfigError
+from ..errors import ConfigError, UserError
 from ..fileio import atomic_write_json
 from ..models import count_parameters, size_mb
 from .checkpoint import load_checkpoint
@@ -23,6 +24,17 @@ from .metrics import per_class_table
 from .plots import confusion_matrix_figure, save_figure
 
 log = logging.getLogger(__name__)
+
+
+def build(node: DictConfig, **kwargs):
+    """hydra.utils.instantiate, but a UserError raised by a constructor reaches the user as itself
+    (Hydra wraps it in an InstantiationException with a traceback-like message)."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as exc:
+        if isinstance(exc.__cause__, UserError):
+            raise exc.__cause__ from None
+        raise
 
 
 def make_criterion(loss_cfg: DictConfig, class_counts: torch.Tensor) -> nn.Module:
@@ -73,18 +85,21 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> 
     """Trains as configured; writes checkpoints/, metrics.json, history.csv and TensorBoard events
     into `run_dir`; returns the metrics."""
     run_dir = Path(run_dir)
+    # Cheap checks first (device, precision, augmentation, optimizer and schedule settings), so a
+    # mistake there stops the run before the dataset is decoded.
+    trainer = build(cfg.trainer)
+    augment = build(cfg.aug)
+    optimizer, schedule = build(cfg.optim), build(cfg.sched)
+    data = build(cfg.data).setup()
     torch.manual_seed(cfg.seed)  # weight init and dropout
-    data = instantiate(cfg.data).setup()
-    model = instantiate(cfg.model, num_classes=len(data.classes), in_channels=data.channels)
-    trainer = instantiate(cfg.trainer)
-    augment = instantiate(cfg.aug)
+    model = build(cfg.model, num_classes=len(data.classes), in_channels=data.channels)
     criterion = make_criterion(cfg.loss, data.class_counts)
     params, megabytes = count_parameters(model), size_mb(model)
     log.info("Model %s: %s parameters, %.2f MB", type(model).__name__, f"{params:,}", megabytes)
     meta = {"config": OmegaConf.to_container(cfg, resolve=True), "data": data.describe()}
-    logger = instantiate(cfg.logger, log_dir=run_dir)
+    logger = build(cfg.logger, log_dir=run_dir)
     try:
-        state = trainer.fit(model, data, instantiate(cfg.optim), instantiate(cfg.sched), augment, criterion,
+        state = trainer.fit(model, data, optimizer, schedule, augment, criterion,
                             run_dir / "checkpoints", seed=cfg.seed, meta=meta, logger=logger,
                             ckpt_path=cfg.get("ckpt_path"))
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,7 +167,8 @@ class Trainer:
         aug_generator = torch.Generator(self.device).manual_seed(seed + 1)
         state = FitState()
         if ckpt_path:
-            state = self._resume(ckpt_path, model, opt, scheduler, scaler, train_loader, aug_generator, data)
+            state = self._resume(ckpt_path, model, opt, scheduler, scaler, train_loader, aug_generator, data,
+                                 checkpoint_dir)
         step_model = torch.compile(model) if self.compile else model
         log.info("Training on %s (%s%s) for %d epochs of %d batches of %d", self.device, self.precision,
                  ", channels_last" if self.channels_last else "", self.max_epochs, steps, data.batch_size)
@@ -205,7 +207,7 @@ class Trainer:
             if val:
                 logger.log_confusion_matrix("val/confusion_matrix", val["confusion_matrix"], data.classes, epoch)
             self._log_epoch(record, improved and bool(val))
-            if (self.early_stopping_patience is not None and val
+            if (self.early_stopping_patience is not None and val and not improved
                     and state.bad_epochs >= self.early_stopping_patience):
                 log.info("Early stopping: %s has not improved for %d epochs (best %.4f at epoch %d)",
                          self.monitor, state.bad_epochs, state.best_value, state.best_epoch)
@@ -270,7 +272,8 @@ class Trainer:
                  f"{record['train/images_per_s']:.0f} img/s")
         log.info(line + ("  *" if best else ""))
 
-    def _resume(self, ckpt_path, model, opt, scheduler, scaler, train_loader, aug_generator, data) -> FitState:
+    def _resume(self, ckpt_path, model, opt, scheduler, scaler, train_loader, aug_generator, data,
+                checkpoint_dir: Path) -> FitState:
         ckpt = load_checkpoint(ckpt_path, map_location=self.device)
         saved_classes = ckpt["meta"].get("data", {}).get("classes")
         if saved_classes is not None and saved_classes != data.classes:
@@ -291,6 +294,25 @@ class Trainer:
         if rng["cuda"] and self.device.type == "cuda":
             torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
         state = FitState(**ckpt["state"])
+        self._carry_over_best(Path(ckpt_path), ckpt, state, checkpoint_dir)
         log.info("Resumed from %s at epoch %d (best %s %s at epoch %d)", ckpt_path, state.epoch, self.monitor,
                  state.best_value, state.best_epoch)
         return state
+
+    def _carry_over_best(self, ckpt_path: Path, ckpt: dict, state: FitState, checkpoint_dir: Path) -> None:
+        """The resumed run's checkpoints/ starts with the best checkpoint so far, so that selection
+        continues across the interruption: best.pt beside the resumed file, or the file itself if it
+        was the best epoch."""
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        target = checkpoint_dir / "best.pt"
+        beside = ckpt_path.with_name("best.pt")
+        if beside.resolve() == target.resolve():
+            return
+        if beside.is_file() and load_checkpoint(beside)["epoch"] == state.best_epoch:
+            shutil.copyfile(beside, target)
+        elif ckpt["epoch"] == state.best_epoch:
+            shutil.copyfile(ckpt_path, target)
+        else:
+            log.warning("best.pt of epoch %d is not beside %s: selection restarts from the resumed epochs",
+                        state.best_epoch, ckpt_path)
+            state.best_value, state.best_epoch = None, 0

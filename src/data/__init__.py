@@ -1,0 +1,7 @@
+"""Datasets, the decode-once cache, honest splits, device-resident batches and batched augmentation."""
+from .augment import Augment
+from .datamodule import DigitsData, Fer2013Data, FolderData, ImageData
+from .loader import DeviceLoader
+from .sources import RawData, Split
+
+__all__ = ["Augment", "DeviceLoader", "DigitsData", "Fer2013Data", "FolderData", "ImageData", "RawData", "Split"]

@@ -1,0 +1,205 @@
+"""Batched data augmentation on the device, with independent random parameters for every sample.
+
+Each op takes a float batch (B, C, H, W) in [0, 1] and a torch.Generator on the batch's device,
+draws B sets of parameters at once and transforms the whole batch with a handful of tensor ops.
+(torchvision's v2 transforms applied to a batch draw one set of parameters for all of it.)
+
+All geometric ops that need resampling (random resized crop, rotation/scale/translation) are
+composed into one affine matrix per sample and applied with a single grid_sample; pad-and-crop and
+flips are exact pixel moves done by gathering.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+
+
+def _uniform(low: float, high: float, n: int, g: torch.Generator, device) -> torch.Tensor:
+    return low + (high - low) * torch.rand(n, generator=g, device=device)
+
+
+def _applied(p: float, n: int, g: torch.Generator, device) -> torch.Tensor:
+    """A (n,) bool mask: which samples the op applies to."""
+    return torch.rand(n, generator=g, device=device) < p
+
+
+class PadCrop:
+    """Pads by `padding` pixels and crops back to the original size at a random offset per sample."""
+
+    def __init__(self, padding: int = 4, padding_mode: str = "reflect", p: float = 1.0):
+        if padding_mode not in ("reflect", "constant", "replicate"):
+            raise ConfigError(f"aug.crop.padding_mode={padding_mode} is invalid: use reflect, constant or replicate")
+        self.padding, self.padding_mode, self.p = int(padding), padding_mode, p
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        b, _, h, w = x.shape
+        pad = self.padding
+        padded = F.pad(x, (pad, pad, pad, pad), mode=self.padding_mode)
+        # Offsets in [0, 2*pad]; pad means "no shift", used where the op is not applied.
+        dy = torch.randint(0, 2 * pad + 1, (b,), generator=g, device=x.device)
+        dx = torch.randint(0, 2 * pad + 1, (b,), generator=g, device=x.device)
+        keep = ~_applied(self.p, b, g, x.device)
+        dy, dx = dy.masked_fill(keep, pad), dx.masked_fill(keep, pad)
+        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # (B, H, 1)
+        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]  # (B, 1, W)
+        batch = torch.arange(b, device=x.device)[:, None, None]
+        return padded[batch, :, rows, cols].permute(0, 3, 1, 2)  # gathered as (B, H, W, C)
+
+
+class Flip:
+    """Horizontal flip with probability p, per sample."""
+
+    def __init__(self, p: float = 0.5):
+        self.p = p
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        flip = _applied(self.p, x.shape[0], g, x.device)
+        return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+class ResizedCrop:
+    """Random resized crop: a box of `scale` of the area and `ratio` aspect, resized to the full size."""
+
+    def __init__(self, scale: Sequence[float] = (0.8, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3),
+                 p: float = 1.0):
+        self.scale, self.ratio, self.p = tuple(scale), tuple(ratio), p
+
+    def matrix(self, b: int, g: torch.Generator, device) -> torch.Tensor:
+        area = _uniform(*self.scale, b, g, device)
+        aspect = torch.exp(_uniform(math.log(self.ratio[0]), math.log(self.ratio[1]), b, g, device))
+        w = torch.sqrt(area * aspect).clamp(max=1.0)  # box size as a fraction of the side
+        h = torch.sqrt(area / aspect).clamp(max=1.0)
+        cx = (1 - w) * _uniform(-1, 1, b, g, device)  # box centre in [-1, 1] coordinates
+        cy = (1 - h) * _uniform(-1, 1, b, g, device)
+        keep = ~_applied(self.p, b, g, device)
+        m = torch.zeros(b, 3, 3, device=device)
+        m[:, 0, 0], m[:, 0, 2], m[:, 1, 1], m[:, 1, 2], m[:, 2, 2] = w, cx, h, cy, 1
+        m[keep] = torch.eye(3, device=device)
+        return m
+
+
+class Affine:
+    """Rotation by up to ±`degrees`, translation by up to ±`translate` of the size, zoom in `scale`."""
+
+    def __init__(self, degrees: float = 0.0, translate: float = 0.0, scale: Sequence[float] = (1.0, 1.0),
+                 p: float = 1.0):
+        self.degrees, self.translate, self.scale, self.p = degrees, translate, tuple(scale), p
+
+    def matrix(self, b: int, g: torch.Generator, device) -> torch.Tensor:
+        angle = torch.deg2rad(_uniform(-self.degrees, self.degrees, b, g, device))
+        zoom = _uniform(*self.scale, b, g, device)
+        shift = 2 * self.translate * (2 * torch.rand(b, 2, generator=g, device=device) - 1)
+        keep = ~_applied(self.p, b, g, device)
+        cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+        m = torch.zeros(b, 3, 3, device=device)
+        m[:, 0, 0], m[:, 0, 1], m[:, 1, 0], m[:, 1, 1] = cos, -sin, sin, cos
+        m[:, :2, 2], m[:, 2, 2] = shift, 1
+        m[keep] = torch.eye(3, device=device)
+        return m
+
+
+class ColorJitter:
+    """Per-sample brightness, contrast, saturation and hue factors (saturation and hue need RGB)."""
+
+    def __init__(self, brightness: float = 0.0, contrast: float = 0.0, saturation: float = 0.0,
+                 hue: float = 0.0, p: float = 1.0):
+        self.brightness, self.contrast, self.saturation, self.hue, self.p = brightness, contrast, saturation, hue, p
+
+    @staticmethod
+    def _gray(x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 1:
+            return x
+        return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+
+    def _factor(self, amount: float, b: int, g, device, applied) -> torch.Tensor:
+        f = _uniform(1 - amount, 1 + amount, b, g, device).clamp(min=0)
+        return torch.where(applied, f, torch.ones_like(f)).view(b, 1, 1, 1)
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        b, c = x.shape[:2]
+        applied = _applied(self.p, b, g, x.device)
+        if self.brightness:
+            x = x * self._factor(self.brightness, b, g, x.device, applied)
+        if self.contrast:
+            mean = self._gray(x).mean(dim=(1, 2, 3), keepdim=True)
+            x = (x - mean) * self._factor(self.contrast, b, g, x.device, applied) + mean
+        if c == 3 and self.saturation:
+            gray = self._gray(x)
+            x = gray + (x - gray) * self._factor(self.saturation, b, g, x.device, applied)
+        if c == 3 and self.hue:
+            x = self._rotate_hue(x, _uniform(-self.hue, self.hue, b, g, x.device) * applied)
+        return x.clamp(0, 1)
+
+    @staticmethod
+    def _rotate_hue(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
+        """Rotates the chroma plane of YIQ space by `turns` of a full circle."""
+        to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
+                              device=x.device)
+        theta = 2 * math.pi * turns
+        rot = torch.zeros(len(turns), 3, 3, device=x.device)
+        rot[:, 0, 0] = 1
+        rot[:, 1, 1], rot[:, 1, 2] = torch.cos(theta), -torch.sin(theta)
+        rot[:, 2, 1], rot[:, 2, 2] = torch.sin(theta), torch.cos(theta)
+        full = torch.linalg.inv(to_yiq) @ rot @ to_yiq  # (B, 3, 3)
+        return torch.einsum("bij,bjhw->bihw", full, x)
+
+
+class Erase:
+    """Random erasing (Zhong et al. 2017): a box of `scale` of the area and `ratio` aspect is filled
+    with uniform noise (value="random") or a constant."""
+
+    def __init__(self, p: float = 0.5, scale: Sequence[float] = (0.02, 0.33),
+                 ratio: Sequence[float] = (0.3, 3.3), value: float | str = "random"):
+        self.p, self.scale, self.ratio, self.value = p, tuple(scale), tuple(ratio), value
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        b, _, h, w = x.shape
+        dev = x.device
+        area = _uniform(*self.scale, b, g, dev) * h * w
+        aspect = torch.exp(_uniform(math.log(self.ratio[0]), math.log(self.ratio[1]), b, g, dev))
+        eh = torch.sqrt(area * aspect).round().clamp(1, h)
+        ew = torch.sqrt(area / aspect).round().clamp(1, w)
+        top = (torch.rand(b, generator=g, device=dev) * (h - eh + 1)).floor()
+        left = (torch.rand(b, generator=g, device=dev) * (w - ew + 1)).floor()
+        rows = torch.arange(h, device=dev).view(1, h, 1)
+        cols = torch.arange(w, device=dev).view(1, 1, w)
+        box = ((rows >= top.view(b, 1, 1)) & (rows < (top + eh).view(b, 1, 1))
+               & (cols >= left.view(b, 1, 1)) & (cols < (left + ew).view(b, 1, 1)))
+        box &= _applied(self.p, b, g, dev).view(b, 1, 1)
+        fill = torch.rand(x.shape, generator=g, device=dev) if self.value == "random" else float(self.value)
+        return torch.where(box[:, None], fill, x)
+
+
+class Augment:
+    """The `aug=` config group: each op is configured by a mapping of its parameters, or null for off.
+
+    Order: resampling warp (resized_crop, then affine) → pad-and-crop → flip → colour → erasing.
+    """
+
+    def __init__(self, resized_crop: Mapping | None = None, affine: Mapping | None = None,
+                 crop: Mapping | None = None, flip: Mapping | None = None, jitter: Mapping | None = None,
+                 erase: Mapping | None = None):
+        self.warps = [op(**cfg) for op, cfg in ((ResizedCrop, resized_crop), (Affine, affine)) if cfg is not None]
+        self.ops = [op(**cfg) for op, cfg in ((PadCrop, crop), (Flip, flip), (ColorJitter, jitter), (Erase, erase))
+                    if cfg is not None]
+
+    def __bool__(self) -> bool:
+        return bool(self.warps or self.ops)
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if self.warps:
+            b = x.shape[0]
+            # Sampling matrices compose in op order: output coords -> ... -> input coords.
+            m = self.warps[0].matrix(b, generator, x.device)
+            for op in self.warps[1:]:
+                m = m @ op.matrix(b, generator, x.device)
+            grid = F.affine_grid(m[:, :2], list(x.shape), align_corners=False)
+            x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        for op in self.ops:
+            x = op(x, generator)
+        return x

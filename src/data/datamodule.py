@@ -1,0 +1,180 @@
+"""The `data=` config group's objects: a dataset read once, split honestly, served from the device.
+
+`ImageData.setup()` reads the decoded images (through the cache), derives whatever splits the
+dataset does not ship (a stratified, seeded fraction of train for val; of everything for test in the
+flat layout), applies class selection and per-class caps, and computes the normalization on train.
+The splits depend on `split_seed` only, never on the training `seed`: changing the seed of a run
+(or of an ensemble member) never changes which images are validated or tested on.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError, DataError
+from .loader import DeviceLoader
+from .sources import RawData, Split, read_digits, read_fer2013_csv, read_folder
+from .splits import limit_per_class, stratified_holdout
+
+log = logging.getLogger(__name__)
+
+
+class ImageData:
+    """Base of every dataset config; subclasses implement `read()`."""
+
+    def __init__(self, *, channels: int, image_size: int, batch_size: int = 128, eval_batch_size: int = 512,
+                 val_split: float = 0.1, test_split: float = 0.1, split_seed: int = 0,
+                 classes: list[str] | None = None, per_class_limit: Mapping | None = None,
+                 balanced: bool = False, mean: list[float] | None = None, std: list[float] | None = None,
+                 cache_dir: str | None = None):
+        checks = [
+            (channels in (1, 3), "data.channels", channels, "must be 1 or 3"),
+            (image_size >= 8, "data.image_size", image_size, "must be at least 8"),
+            (batch_size >= 1, "data.batch_size", batch_size, "must be at least 1"),
+            (eval_batch_size >= 1, "data.eval_batch_size", eval_batch_size, "must be at least 1"),
+            (0 <= val_split < 1, "data.val_split", val_split, "must be in [0, 1)"),
+            (0 <= test_split < 1, "data.test_split", test_split, "must be in [0, 1)"),
+        ]
+        for ok, key, value, rule in checks:
+            if not ok:
+                raise ConfigError(f"{key}={value} is invalid: it {rule}")
+        self.channels, self.image_size = channels, image_size
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.val_split, self.test_split, self.split_seed = val_split, test_split, split_seed
+        self.selected_classes = list(classes) if classes else None
+        self.per_class_limit = dict(per_class_limit) if per_class_limit else {}
+        self.balanced = balanced
+        self.mean, self.std = mean, std
+        self.cache_dir = cache_dir
+        self.classes: list[str] = []
+        self.splits: dict[str, Split] = {}
+
+    def read(self) -> RawData:
+        raise NotImplementedError
+
+    # -- building the splits -------------------------------------------------------------------------
+
+    def setup(self) -> ImageData:
+        raw = self.read()
+        splits = dict(raw.splits)
+        if "all" in splits:  # no shipped splits: hold out test, then val, both stratified and seeded
+            rest = splits.pop("all")
+            if self.test_split > 0:
+                keep, held = stratified_holdout(rest.labels, self.test_split, self.split_seed)
+                rest, splits["test"] = rest.subset(keep), rest.subset(held)
+            splits["train"] = rest
+        if "val" not in splits and self.val_split > 0:
+            keep, held = stratified_holdout(splits["train"].labels, self.val_split, self.split_seed + 1)
+            splits["train"], splits["val"] = splits["train"].subset(keep), splits["train"].subset(held)
+        self.classes = raw.classes
+        if self.selected_classes:
+            splits = self._select_classes(splits, raw.classes)
+        for name, limit in self.per_class_limit.items():
+            if name not in ("train", "val", "test"):
+                raise ConfigError(f"data.per_class_limit has key {name!r}; use train, val or test")
+            if name in splits:
+                splits[name] = splits[name].subset(
+                    limit_per_class(splits[name].labels, self.classes, limit, self.split_seed + 2))
+        self.splits = {name: s for name, s in splits.items() if len(s)}
+        if "val" not in self.splits:
+            log.warning("No validation split (data.val_split=0): the last epoch is kept, nothing is selected")
+        if "test" not in self.splits:
+            log.warning("No test split: the run ends without a test evaluation")
+        self._set_normalization()
+        sizes = ", ".join(f"{name} {len(self.splits[name])}" for name in ("train", "val", "test")
+                          if name in self.splits)
+        log.info("Data: %d classes (%s); %s images of %dx%dx%d", len(self.classes), ", ".join(self.classes),
+                 sizes, self.channels, self.image_size, self.image_size)
+        return self
+
+    def _select_classes(self, splits: dict[str, Split], available: list[str]) -> dict[str, Split]:
+        unknown = [c for c in self.selected_classes if c not in available]
+        if unknown:
+            raise ConfigError(f"data.classes names {unknown[0]!r}, which is not a class of the dataset "
+                              f"({', '.join(available)})")
+        old_to_new = torch.full((len(available),), -1, dtype=torch.long)
+        for new, name in enumerate(self.selected_classes):
+            old_to_new[available.index(name)] = new
+        self.classes = list(self.selected_classes)
+        out = {}
+        for name, split in splits.items():
+            kept = split.subset((old_to_new[split.labels] >= 0).nonzero().flatten())
+            kept.labels = old_to_new[kept.labels]
+            out[name] = kept
+        return out
+
+    def _set_normalization(self) -> None:
+        """Per-channel mean/std of the training images in [0, 1], unless given in the config."""
+        train = self.splits["train"].images
+        pixels = train.transpose(0, 1).reshape(self.channels, -1)
+        if self.mean is None:
+            self.mean = (pixels.double().mean(1) / 255).tolist()
+        if self.std is None:
+            self.std = [s if s > 1e-6 else 1.0 for s in (pixels.double().std(1) / 255).tolist()]
+        for key, values in (("data.mean", self.mean), ("data.std", self.std)):
+            if len(values) != self.channels:
+                raise ConfigError(f"{key}={list(values)} needs one value per channel ({self.channels})")
+
+    # -- what the trainer uses -----------------------------------------------------------------------
+
+    @property
+    def class_counts(self) -> torch.Tensor:
+        return torch.bincount(self.splits["train"].labels, minlength=len(self.classes))
+
+    def train_loader(self, device: torch.device | str, seed: int) -> DeviceLoader:
+        return DeviceLoader(self.splits["train"], self.batch_size, device, shuffle=True,
+                            balanced=self.balanced, drop_last=True, seed=seed)
+
+    def eval_loader(self, split: str, device: torch.device | str) -> DeviceLoader | None:
+        if split not in self.splits:
+            return None
+        return DeviceLoader(self.splits[split], self.eval_batch_size, device)
+
+    def describe(self) -> dict:
+        """What a checkpoint stores so that evaluate/predict can preprocess new images the same way."""
+        return {"classes": list(self.classes), "channels": self.channels, "image_size": self.image_size,
+                "mean": list(self.mean), "std": list(self.std)}
+
+
+class FolderData(ImageData):
+    """root/{train,val,test}/<class>/<image> (val and test optional) or root/<class>/<image>."""
+
+    def __init__(self, root: str, on_bad_image: str = "error", **kwargs):
+        super().__init__(**kwargs)
+        if on_bad_image not in ("error", "skip"):
+            raise ConfigError(f"data.on_bad_image={on_bad_image} is invalid: use error or skip")
+        if root is None or str(root) in ("", "???"):
+            raise ConfigError("data.root is not set: pass data.root=PATH to your dataset folder")
+        self.root, self.on_bad_image = root, on_bad_image
+
+    def read(self) -> RawData:
+        return read_folder(self.root, self.channels, self.image_size, self.cache_dir, self.on_bad_image)
+
+
+class Fer2013Data(FolderData):
+    """FER2013 in the folder release (train/val/test = Training/PublicTest/PrivateTest) or Kaggle's CSV."""
+
+    def __init__(self, root: str, csv: str | None = None, **kwargs):
+        super().__init__(root, **kwargs)
+        self.csv = csv
+
+    def read(self) -> RawData:
+        if self.csv:
+            return read_fer2013_csv(self.csv, self.channels, self.image_size, self.cache_dir)
+        if not Path(self.root).expanduser().is_dir():
+            raise DataError(
+                f"FER2013 not found at {os.path.abspath(os.path.expanduser(self.root))}: unpack fer2013.tar.gz "
+                "so that this folder holds train/ val/ test/, or point elsewhere with DATA_DIR=<folder holding "
+                "fer2013/>, data.root=PATH, or data.csv=PATH/fer2013.csv")
+        return super().read()
+
+
+class DigitsData(ImageData):
+    """scikit-learn's bundled handwritten digits (1,797 real images, 10 classes), no download needed."""
+
+    def read(self) -> RawData:
+        return read_digits(self.channels, self.image_size)

@@ -1,0 +1,70 @@
+"""Decoding single image files into fixed-size uint8 arrays, and the errors bad data raises."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import BadImageError
+
+# Extensions Pillow reads that image datasets ship in; anything else in a class folder is skipped.
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
+)
+
+
+def _to_8bit_mode(im: Image.Image, channels: int) -> Image.Image:
+    """Converts any Pillow mode to 'L' (channels=1) or 'RGB' (channels=3)."""
+    if im.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
+        # 16-bit grayscale: Pillow's convert('L') clips at 255 instead of scaling the range.
+        wide = np.asarray(im).astype(np.int64).clip(0, 65535)
+        im = Image.fromarray((wide >> 8).astype(np.uint8), mode="L")
+    elif im.mode == "F":
+        im = Image.fromarray(np.asarray(im).clip(0, 255).astype(np.uint8), mode="L")
+    elif im.mode in ("P", "PA"):
+        im = im.convert("RGBA")  # resolves the palette and its transparency
+    target = "L" if channels == 1 else "RGB"
+    return im if im.mode == target else im.convert(target)
+
+
+def decode_image(path: str, channels: int, size: int) -> np.ndarray:
+    """Returns the image at `path` as a (size, size, channels) uint8 array (first frame of animations).
+
+    Raises BadImageError naming the file when Pillow cannot read it.
+    """
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns (rather than fails) on some damaged files; treat those as unreadable too.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im = _to_8bit_mode(im, channels)
+                if im.size != (size, size):
+                    im = im.resize((size, size), Image.Resampling.BILINEAR)
+                array = np.asarray(im, dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as exc:
+        raise BadImageError(f"cannot read image {path}: {exc}") from exc
+    return array.reshape(size, size, channels)
+
+
+def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Resizes a (N, C, H, W) uint8 batch to (N, C, size, size) with antialiased bilinear filtering."""
+    if images.shape[-2:] == (size, size):
+        return images
+    resized = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True,
+                            align_corners=False)
+    return resized.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def to_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """Converts a (N, 1|3, H, W) uint8 batch to the requested number of channels."""
+    if images.shape[1] == channels:
+        return images
+    if channels == 3:
+        return images.expand(-1, 3, -1, -1).contiguous()
+    # ITU-R 601-2 luma, the weights Pillow's convert('L') uses.
+    weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    return (images.float() * weights).sum(1, keepdim=True).round_().clamp_(0, 255).to(torch.uint8)

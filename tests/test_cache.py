@@ -1,0 +1,177 @@
+"""The decode-once cache: served when nothing changed, rebuilt when anything did or when it is damaged."""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import src.data.sources as sources
+from src.data import FolderData
+from src.errors import BadImageError
+from tests.helpers import read_fer, write_fer_csv
+
+
+@pytest.fixture
+def decode_calls(monkeypatch) -> list[str]:
+    """The paths src.data.sources decodes, in order (the real decoder still runs)."""
+    calls: list[str] = []
+    real = sources.decode_image
+
+    def spy(path, *args, **kwargs):
+        calls.append(path)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(sources, "decode_image", spy)
+    return calls
+
+
+def read(root: Path, cache_dir: Path | None, **kwargs) -> FolderData:
+    kwargs = {"channels": 3, "image_size": 16, "val_split": 0.25, "test_split": 0.25, **kwargs}
+    return FolderData(root=str(root), cache_dir=str(cache_dir) if cache_dir else None, **kwargs).setup()
+
+
+def snapshot(data: FolderData) -> dict:
+    return {name: (s.images.clone(), s.labels.clone(), list(s.files)) for name, s in data.splits.items()}
+
+
+def same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(
+        torch.equal(a[k][0], b[k][0]) and torch.equal(a[k][1], b[k][1]) and a[k][2] == b[k][2] for k in a)
+
+
+def cache_files(cache_dir: Path) -> list[Path]:
+    return sorted(cache_dir.glob("*.pt"))
+
+
+@pytest.fixture
+def dataset(make_folder) -> Path:
+    return make_folder(per_class=4, size=16)  # 12 images
+
+
+def test_second_read_comes_from_the_cache(dataset, cache_dir, decode_calls):
+    first = snapshot(read(dataset, cache_dir))
+    assert len(decode_calls) == 12
+    assert len(cache_files(cache_dir)) == 1
+    decode_calls.clear()
+    second = snapshot(read(dataset, cache_dir))
+    assert decode_calls == []
+    assert same(first, second)
+
+
+def test_without_cache_dir_nothing_is_cached(dataset, cache_dir, decode_calls):
+    read(dataset, None)
+    read(dataset, None)
+    assert len(decode_calls) == 24
+    assert not cache_dir.exists()
+
+
+def test_touching_a_file_re_decodes(dataset, cache_dir, decode_calls):
+    first = snapshot(read(dataset, cache_dir))
+    path = dataset / "middle" / "img_001.png"
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
+    decode_calls.clear()
+    assert same(snapshot(read(dataset, cache_dir)), first)  # same pixels, but decoded again to be sure
+    assert str(path) in decode_calls
+
+
+def test_modifying_a_file_re_decodes_and_serves_the_new_pixels(dataset, cache_dir, decode_calls):
+    read(dataset, cache_dir)
+    path = dataset / "top" / "img_002.png"
+    st = path.stat()
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # even with the old mtime: the size changed
+    decode_calls.clear()
+    data = read(dataset, cache_dir)
+    assert str(path) in decode_calls
+    split = next(s for s in data.splits.values() if str(path) in s.files)
+    image = split.images[split.files.index(str(path))]
+    assert (image.permute(1, 2, 0) == torch.tensor([1, 2, 3], dtype=torch.uint8)).all()
+
+
+def test_adding_and_removing_files_re_decodes(dataset, cache_dir, decode_calls):
+    read(dataset, cache_dir)
+    added = dataset / "bottom" / "new.png"
+    Image.new("RGB", (16, 16), (9, 9, 9)).save(added)
+    decode_calls.clear()
+    data = read(dataset, cache_dir)
+    assert decode_calls and str(added) in {f for s in data.splits.values() for f in s.files}
+    assert sum(len(s) for s in data.splits.values()) == 13
+
+    added.unlink()
+    (dataset / "top" / "img_000.png").unlink()
+    decode_calls.clear()
+    data = read(dataset, cache_dir)
+    assert len(decode_calls) == 11
+    assert sum(len(s) for s in data.splits.values()) == 11
+
+
+def test_other_decode_settings_use_another_entry(dataset, cache_dir, decode_calls):
+    read(dataset, cache_dir)
+    decode_calls.clear()
+    data = read(dataset, cache_dir, image_size=20, channels=1)
+    assert len(decode_calls) == 12
+    assert data.splits["train"].images.shape[1:] == (1, 20, 20)
+    assert len(cache_files(cache_dir)) == 2
+
+
+@pytest.mark.parametrize("damage", ["overwrite_middle", "truncate", "garbage", "tampered_pixels"])
+def test_damaged_cache_file_is_rebuilt(dataset, cache_dir, decode_calls, damage, caplog):
+    first = snapshot(read(dataset, cache_dir))
+    (path,) = cache_files(cache_dir)
+    raw = bytearray(path.read_bytes())
+    if damage == "overwrite_middle":
+        mid = len(raw) // 2
+        raw[mid:mid + 64] = os.urandom(64)
+        path.write_bytes(bytes(raw))
+    elif damage == "truncate":
+        path.write_bytes(bytes(raw[: len(raw) // 3]))
+    elif damage == "garbage":
+        path.write_bytes(b"not a torch file at all")
+    else:  # a loadable file whose pixels no longer match the stored checksum
+        entry = torch.load(path, weights_only=True)
+        entry["images"][0] ^= 0xFF
+        torch.save(entry, path)
+    decode_calls.clear()
+    with caplog.at_level(logging.WARNING, logger="src.data.cache"):
+        rebuilt = snapshot(read(dataset, cache_dir))
+    assert "decoding again" in caplog.text
+    assert len(decode_calls) == 12  # decoded again rather than crashing or serving damaged pixels
+    assert same(rebuilt, first)
+    decode_calls.clear()
+    assert same(snapshot(read(dataset, cache_dir)), first)  # and the rebuilt entry is served next time
+    assert decode_calls == []
+
+
+def test_bad_images_are_remembered_by_the_cache(dataset, cache_dir, decode_calls):
+    bad = dataset / "top" / "x.jpg"
+    bad.write_text("not a jpeg")
+    data = read(dataset, cache_dir, on_bad_image="skip")
+    assert sum(len(s) for s in data.splits.values()) == 12
+    decode_calls.clear()
+    with pytest.raises(BadImageError, match=re.escape(str(bad))):
+        read(dataset, cache_dir)  # served from the cache, still refused without on_bad_image=skip
+    assert decode_calls == []
+
+
+def test_fer2013_csv_is_parsed_once(tmp_path, cache_dir, monkeypatch):
+    calls = []
+    real = sources._parse_fer2013_csv
+    monkeypatch.setattr(sources, "_parse_fer2013_csv", lambda path: calls.append(path) or real(path))
+    csv = write_fer_csv(tmp_path / "fer2013.csv")
+    first = read_fer(csv, cache_dir)
+    second = read_fer(csv, cache_dir, image_size=24, channels=3)  # resizing happens after the cache
+    assert len(calls) == 1
+    assert second.splits["train"].images.shape == (3, 3, 24, 24)
+    assert torch.equal(first.splits["train"].labels, second.splits["train"].labels)
+    rows = csv.read_text().splitlines()
+    csv.write_text("\n".join(rows[:-1]) + "\n")  # drop the last row: a changed file is parsed again
+    assert len(read_fer(csv, cache_dir).splits["test"]) == 1
+    assert len(calls) == 2
+    assert np.all(first.splits["val"].images.numpy() == read_fer(csv, cache_dir).splits["val"].images.numpy())

@@ -1,0 +1,87 @@
+"""`python -m src.train` as a user runs it: a subprocess smoke run, --help, --cfg job, exit codes."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tests.helpers import GROUPS, ROOT, quote, write_dataset
+
+
+def run_train(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}  # see conftest.py
+    for name in ("HYDRA_FULL_ERROR", "DATA_DIR", "CACHE_DIR"):
+        env.pop(name, None)
+    return subprocess.run([sys.executable, "-m", "src.train", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def output_args(tmp_path: Path) -> list[str]:
+    return [f"paths.output_dir={quote(tmp_path / 'outputs')}", f"paths.cache_dir={quote(tmp_path / 'cache')}"]
+
+
+def test_quickstart_smoke_run(tmp_path):
+    result = run_train("experiment=quickstart", "trainer.max_epochs=1", *output_args(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = list((tmp_path / "outputs" / "runs").iterdir())
+    assert len(runs) == 1, runs
+    run_dir = runs[0]
+    assert "_lenet_" in run_dir.name  # <date>_<time>_<model>_<id>
+    for path in ("metrics.json", "history.csv", ".hydra/config.yaml", ".hydra/overrides.yaml",
+                 ".hydra/hydra.yaml", "checkpoints/best.pt", "checkpoints/last.pt"):
+        assert (run_dir / path).is_file(), path
+    assert list(run_dir.glob("events.out.tfevents.*"))  # logger=tensorboard by default
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["epochs"] == 1 and metrics["classes"] == [str(d) for d in range(10)]
+    assert metrics["test/acc"] > 0.2  # 10 classes: chance is 0.1
+    from sklearn.datasets import load_digits
+
+    per_digit = np.bincount(load_digits().target)  # test_split=0.2, stratified: round(0.2 * n) of each digit
+    assert [sum(row) for row in metrics["test/confusion_matrix"]] == [round(0.2 * n) for n in per_digit]
+    ckpt = torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)
+    assert ckpt["meta"]["config"]["trainer"]["max_epochs"] == 1
+    assert str(run_dir) in result.stdout + result.stderr  # the run directory is printed at the end
+
+
+def test_help_lists_the_groups():
+    result = run_train("--help", timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "python -m src.train" in result.stdout
+    for group in GROUPS:
+        line = next((ln for ln in result.stdout.splitlines() if ln.strip().startswith(f"{group}:")), None)
+        assert line is not None, f"--help does not list the {group} group"
+        for option in sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml")):
+            assert option in line, f"--help does not list {group}={option}"
+
+
+def test_cfg_job_prints_the_composed_config():
+    result = run_train("--cfg", "job", "model=resnext3", timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "num_stages: 3" in result.stdout
+    assert "block: bottleneck" in result.stdout
+    assert "group_width: 32" in result.stdout
+
+
+def test_data_error_exits_2_with_one_sentence(tmp_path):
+    missing = tmp_path / "no_such_dataset"
+    result = run_train("data=folder", f"data.root={quote(missing)}", "logger=none", *output_args(tmp_path),
+                       timeout=60)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-3000:]
+    assert f"dataset folder {missing} does not exist" in output
+    assert "Traceback" not in output
+
+
+def test_config_error_exits_2_with_one_sentence(tmp_path):
+    data = write_dataset(tmp_path / "data", per_class=2, size=16)
+    result = run_train("data=folder", f"data.root={quote(data)}", "data.val_split=1.5", "logger=none",
+                       *output_args(tmp_path), timeout=60)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-3000:]
+    assert "data.val_split=1.5 is invalid" in output
+    assert "Traceback" not in output and "InstantiationException" not in output
