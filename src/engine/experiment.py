@@ -61,7 +61,7 @@ def _flat_hparams(cfg: DictConfig, choices: dict | None) -> dict:
 
     def walk(node, prefix: str) -> None:
         for key, value in node.items():
-            if str(key).startswith("_"):
+            if str(key).startswith("_") or key == "cache_dir":
                 continue
             if isinstance(value, dict):
                 walk(value, f"{prefix}{key}.")

@@ -85,7 +85,7 @@ class Trainer:
         self.monitor_mode = "min" if monitor.endswith("loss") else "max"
         self.early_stopping_patience = early_stopping_patience
         self.warmup_batches, self.progress_bar = warmup_batches, progress_bar
-        self._mean = self._std = None
+        self._mean = self._std = None  # the data's normalization, on the device (set by fit/evaluate)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
 
@@ -121,8 +121,7 @@ class Trainer:
         loader = data.eval_loader(split, self.device)
         if loader is None:
             return None
-        if self._mean is None:
-            self._set_normalization(data)
+        self._set_normalization(data)
         logits, labels = self.predict(model, loader)
         metrics = classification_metrics(labels.numpy(), logits.argmax(1).numpy(), data.classes)
         return {"loss": float(F.cross_entropy(logits, labels)), **metrics}
