@@ -51,7 +51,7 @@ def test_group_option_composes_and_resolves(compose_cfg, group, option):
 def test_defaults(compose_cfg):
     cfg = compose_cfg()
     assert cfg.data._target_ == "src.data.Fer2013Data"
-    assert cfg.model._target_ == "src.models.ResNet"
+    assert cfg.model._target_ == "src.models.resnet.ResNet"
     assert cfg.model.input_size == cfg.data.image_size == 48
     assert cfg.optim._target_ == "torch.optim.SGD" and cfg.optim._partial_
     assert cfg.sched._target_ == "src.engine.schedules.Cosine"
@@ -63,7 +63,7 @@ def test_defaults(compose_cfg):
 def test_experiment_quickstart(compose_cfg):
     cfg = compose_cfg(["experiment=quickstart"])
     assert cfg.data._target_ == "src.data.DigitsData"
-    assert cfg.model._target_ == "src.models.LeNet"
+    assert cfg.model._target_ == "src.models.lenet.LeNet"
     assert cfg.optim._target_ == "torch.optim.AdamW" and cfg.optim.lr == 3e-3
     assert cfg.aug.flip is None  # a mirrored digit is another symbol
     assert cfg.aug.crop == {"padding": 2, "padding_mode": "constant", "p": 1.0}  # merged into aug/basic

@@ -118,7 +118,7 @@ def test_checkpoints_are_plain_data(quick_run):
         data = ckpt["meta"]["data"]
         assert data["classes"] == list(CLASSES) and data["channels"] == 3 and data["image_size"] == 32
         assert len(data["mean"]) == len(data["std"]) == 3
-        assert ckpt["meta"]["config"]["model"]["_target_"] == "src.models.LeNet"
+        assert ckpt["meta"]["config"]["model"]["_target_"] == "src.models.lenet.LeNet"
     assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 3
     assert torch.load(run_dir / "checkpoints" / "best.pt", weights_only=True)["epoch"] == metrics["best_epoch"]
 

@@ -213,6 +213,15 @@ class Trainer:
                 break
         return state
 
+    @staticmethod
+    def _loss(output, labels: torch.Tensor, criterion: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, loss). Models with auxiliary heads (GoogLeNet) return, in training mode,
+        (logits, [(weight, aux_logits), ...]); each head adds weight * its loss."""
+        if isinstance(output, tuple):
+            logits, aux = output
+            return logits, criterion(logits, labels) + sum(w * criterion(a, labels) for w, a in aux)
+        return output, criterion(output, labels)
+
     def _train_epoch(self, model, loader, steps, opt, scheduler, per_epoch_scheduler, scaler, augment,
                      generator, criterion, epoch) -> dict:
         model.train()
@@ -227,8 +236,7 @@ class Trainer:
                 break
             x = self.prepare(images, augment, generator)
             with autocast(self.device, self.precision):
-                logits = model(x)
-                loss = criterion(logits, labels)
+                logits, loss = self._loss(model(x), labels, criterion)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if self.gradient_clip_val:
