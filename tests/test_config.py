@@ -1,7 +1,6 @@
 """Every config group option composes and instantiates; models, optimizers and schedules behave."""
 from __future__ import annotations
 
-import functools
 import math
 
 import pytest
@@ -16,7 +15,7 @@ from src.engine.logger import NullLogger, TensorBoardLogger
 from src.engine.schedules import Constant, Cosine, MultiStep, Plateau, StepDecay
 from src.engine.trainer import Trainer
 from src.errors import ConfigError
-from src.models import LeNet, count_parameters
+from src.models import LeNet
 from tests.helpers import CONF_DIR, GROUPS, quote
 
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF_DIR / group).glob("*.yaml"))]
@@ -125,62 +124,6 @@ def test_logger_configs_instantiate(compose_cfg, tmp_path):
 
 
 # -- models ------------------------------------------------------------------------------------------
-
-
-@functools.cache
-def standalone_model(name: str, channels: int) -> nn.Module:
-    """The contract: conf/model/NAME.yaml instantiates on its own, without the rest of the config."""
-    return instantiate(OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml"), num_classes=5, in_channels=channels)
-
-
-@pytest.mark.parametrize("size", [32, 48])
-@pytest.mark.parametrize("channels", [1, 3])
-@pytest.mark.parametrize("name", MODELS)
-def test_model_config_instantiates_standalone(name, channels, size):
-    model = standalone_model(name, channels).eval()
-    assert isinstance(model, nn.Module)
-    with torch.no_grad():
-        out = model(torch.randn(2, channels, size, size))
-    assert out.shape == (2, 5)
-    assert torch.isfinite(out).all()
-
-
-@pytest.mark.parametrize("channels", [1, 3])
-def test_lenet_takes_224(channels):
-    with torch.no_grad():
-        assert standalone_model("lenet", channels).eval()(torch.randn(2, channels, 224, 224)).shape == (2, 5)
-
-
-@pytest.mark.parametrize(("name", "params"), [("lenet", 61_451), ("resnet18", 11_171_271), ("resnext3", 610_759)])
-def test_documented_parameter_counts(name, params):
-    """The README's table: parameters for 7 classes and 1 input channel."""
-    model = instantiate(OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml"), num_classes=7, in_channels=1)
-    assert count_parameters(model) == params
-    if name == "lenet":
-        assert round(count_parameters(LeNet(10, 1)) / 1e3, 1) == 61.7  # its docstring: 61.7k for 10 classes
-
-
-def test_resnext3_is_three_grouped_stages(compose_cfg):
-    cfg = compose_cfg(["model=resnext3"]).model
-    assert cfg.num_stages == 3
-    model = instantiate(cfg, num_classes=5, in_channels=1)
-    assert len(model.stages) == 3
-    assert model.num_features == 256
-    grouped = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
-    assert grouped and all(m.in_channels // m.groups == 32 for m in grouped)  # group_width: 32
-    dropouts = sorted({m.p for m in model.stages.modules() if isinstance(m, nn.Dropout)})
-    assert dropouts == [0.2, 0.4]
-
-
-@pytest.mark.parametrize("stages", [1, 5])
-def test_num_stages_sweeps_depth(compose_cfg, stages):
-    """More stages than listed repeat the last entry; fewer truncate."""
-    model = instantiate(compose_cfg(["model=resnext3", f"model.num_stages={stages}"]).model,
-                        num_classes=3, in_channels=1).eval()
-    assert len(model.stages) == stages
-    assert model.num_features == [64, 128, 256, 512, 512][stages - 1]
-    with torch.no_grad():
-        assert model(torch.randn(1, 1, 32, 32)).shape == (1, 3)
 
 
 def test_stem_auto_follows_input_size(compose_cfg):

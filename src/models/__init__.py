@@ -2,11 +2,23 @@
 
 Each `conf/model/NAME.yaml` instantiates standalone:
     hydra.utils.instantiate(OmegaConf.load("conf/model/NAME.yaml"), num_classes=K, in_channels=C)
+`python -m src.models` prints every config's parameters, MFLOPs and size.
+
+    lenet.py               LeNet-5
+    alexnet.py             AlexNet (report 004), small-input variant
+    vgg.py                 VGG-11/13/16/19
+    googlenet.py           GoogLeNet / Inception v1, optional auxiliary heads
+    resnet.py, blocks.py   ResNet-18/34/50, ResNeXt (+SE), Wide-ResNet, Shake-Shake: one class
+    torchvision_models.py  torchvision backbones with optional ImageNet weights (transfer learning)
 """
 import torch.nn as nn
 
+from .alexnet import AlexNet
+from .googlenet import GoogLeNet
 from .lenet import LeNet
 from .resnet import ResNet
+from .torchvision_models import TorchvisionNet
+from .vgg import VGG
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -19,4 +31,4 @@ def size_mb(model: nn.Module) -> float:
     return sum(t.numel() * t.element_size() for t in tensors) / 2**20
 
 
-__all__ = ["LeNet", "ResNet", "count_parameters", "size_mb"]
+__all__ = ["VGG", "AlexNet", "GoogLeNet", "LeNet", "ResNet", "TorchvisionNet", "count_parameters", "size_mb"]

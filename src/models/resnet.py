@@ -1,9 +1,13 @@
-"""One ResNet class; ResNet-18/34/50, the course reports' ResNeXt and its variants are configurations.
+"""One ResNet class; ResNet-18/34/50, ResNeXt (with or without SE), Wide-ResNet and Shake-Shake are
+configurations of it (conf/model/*.yaml), in the manner of torchvision's resnet.py.
 
-In the manner of torchvision's resnet.py: a block type (basic: two 3x3 convs; bottleneck: 1x1
-reduce, 3x3 grouped, 1x1 expand), blocks per stage, widths per stage, and for bottlenecks the
-inner width and the grouping. Stages after the first halve the resolution; a block whose shape
-changes gets a 1x1 projection shortcut.
+A network is a stem, stages of residual blocks (blocks.py) and a linear head. Stages after the
+first halve the resolution; a block whose shape changes gets a projection shortcut.
+
+Parameters for 7 classes and 1 input channel (`python -m src.models` prints the full table):
+resnet18 11,171,271; resnet34 21,279,431; resnet50 23,522,375; resnext3 610,759; se_resnext3 ...;
+resnext29_32x4d 6,831,047 (see the table); wrn16_8 10,960,263; wrn28_10 36,477,191;
+shake_shake26_2x32d 2,922,039 (see the table).
 """
 from __future__ import annotations
 
@@ -13,50 +17,8 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
+from .blocks import BLOCKS
 from .common import check_dropout, kaiming_init, make_stem, resolve_stem
-
-
-def _projection(in_channels: int, out_channels: int, stride: int) -> nn.Module:
-    if stride == 1 and in_channels == out_channels:
-        return nn.Identity()
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
-                         nn.BatchNorm2d(out_channels))
-
-
-class BasicBlock(nn.Module):
-    """3x3 conv → BN → ReLU → 3x3 conv → BN, plus the shortcut, → ReLU (ResNet-18/34)."""
-
-    def __init__(self, in_channels: int, out_channels: int, stride: int, mid_channels: int, groups: int):
-        super().__init__()
-        self.residual = nn.Sequential(
-            nn.Conv2d(in_channels, mid_channels, 3, stride=stride, padding=1, groups=groups, bias=False),
-            nn.BatchNorm2d(mid_channels), nn.ReLU(inplace=True),
-            nn.Conv2d(mid_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels))
-        self.shortcut = _projection(in_channels, out_channels, stride)
-        self.act = nn.ReLU(inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.residual(x) + self.shortcut(x))
-
-
-class Bottleneck(nn.Module):
-    """1x1 reduce → 3x3 grouped (stride here) → 1x1 expand, each with BN, plus the shortcut, → ReLU."""
-
-    def __init__(self, in_channels: int, out_channels: int, stride: int, mid_channels: int, groups: int):
-        super().__init__()
-        self.residual = nn.Sequential(
-            nn.Conv2d(in_channels, mid_channels, 1, bias=False), nn.BatchNorm2d(mid_channels), nn.ReLU(inplace=True),
-            nn.Conv2d(mid_channels, mid_channels, 3, stride=stride, padding=1, groups=groups, bias=False),
-            nn.BatchNorm2d(mid_channels), nn.ReLU(inplace=True),
-            nn.Conv2d(mid_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
-        self.shortcut = _projection(in_channels, out_channels, stride)
-        self.act = nn.ReLU(inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.residual(x) + self.shortcut(x))
-
-
-BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
 
 
 class ResNet(nn.Module):
@@ -64,30 +26,42 @@ class ResNet(nn.Module):
 
     Args:
         num_classes, in_channels: output classes and input channels.
-        block: "basic" or "bottleneck".
+        block: "basic" (two 3x3), "bottleneck" (1x1, 3x3 grouped, 1x1), "preact" (Wide-ResNet's
+            pre-activation block) or "shake" (Shake-Shake's two mixed branches).
         layers: blocks per stage; widths: the base width of each stage.
         num_stages: how many stages to build (default: all of `layers`); more stages than listed
             repeat the last entry, so one config sweeps depth (`model.num_stages=2,3,4,5`).
         expansion: a block's output channels are `width * expansion` (4 in ResNet-50, 1 in ResNet-18).
         mid_ratio: a bottleneck's inner (3x3) channels are `width * mid_ratio`.
-        groups / group_width: the 3x3 conv's groups, either a fixed count per conv or a fixed number
-            of channels per group (groups = inner channels / group_width).
+        groups / group_width: the 3x3 conv's groups, either a fixed count (ResNeXt-29 32x4d: 32) or a
+            fixed number of channels per group (groups = inner channels / group_width).
+        stem_width: the stem's output channels (default: the first stage's width).
+        se_reduction: squeeze-and-excitation in every basic/bottleneck block with this reduction (0 = off).
+        block_dropout: dropout between the two convs of every pre-activation block (Wide-ResNet).
         stage_dropout: dropout rates after the last blocks of every stage, e.g. [0.2, 0.4] puts 0.2
-            after the second-to-last block and 0.4 after the last one.
+            after the second-to-last block and 0.4 after the last one (the ResNeXt of report 000).
         dropout: dropout before the classifier.
         stem: "cifar" (3x3, stride 1), "imagenet" (7x7/2 + max-pool) or "auto" (by input_size).
         input_size: the training image size, used by stem="auto" only.
-        zero_init_residual: start every residual branch's last BN at zero (each block = identity).
+        zero_init_residual: start every residual branch's last BN (or conv) at zero.
     """
 
     def __init__(self, num_classes: int, in_channels: int = 3, block: str = "basic",
                  layers: Sequence[int] = (2, 2, 2, 2), widths: Sequence[int] = (64, 128, 256, 512),
                  num_stages: int | None = None, expansion: int = 1, mid_ratio: float = 1.0, groups: int = 1,
-                 group_width: int | None = None, stage_dropout: Sequence[float] = (), dropout: float = 0.0,
+                 group_width: int | None = None, stem_width: int | None = None, se_reduction: int = 0,
+                 block_dropout: float = 0.0, stage_dropout: Sequence[float] = (), dropout: float = 0.0,
                  stem: str = "auto", input_size: int | None = None, zero_init_residual: bool = False):
         super().__init__()
         if block not in BLOCKS:
-            raise ConfigError(f"model.block={block} is invalid: use {' or '.join(BLOCKS)}")
+            raise ConfigError(f"model.block={block} is invalid: use one of {', '.join(BLOCKS)}")
+        block_class = BLOCKS[block]
+        options = {"se_reduction": se_reduction, "dropout": check_dropout("model.block_dropout", block_dropout)}
+        for name, value in options.items():
+            if value and name not in block_class.OPTIONS:
+                key = "model.block_dropout" if name == "dropout" else f"model.{name}"
+                raise ConfigError(f"{key}={value} is not supported by model.block={block}")
+        options = {name: value for name, value in options.items() if name in block_class.OPTIONS}
         if len(layers) != len(widths) or not layers:
             raise ConfigError("model.layers and model.widths must be non-empty and of the same length")
         num_stages = len(layers) if num_stages is None else num_stages
@@ -97,8 +71,9 @@ class ResNet(nn.Module):
         widths = [*widths, *[widths[-1]] * (num_stages - len(widths))][:num_stages]
         stage_dropout = [check_dropout("model.stage_dropout", p) for p in stage_dropout]
 
-        self.stem = make_stem(resolve_stem(stem, input_size), in_channels, widths[0])
-        stages, channels = [], widths[0]
+        channels = stem_width or widths[0]
+        self.stem = make_stem(resolve_stem(stem, input_size), in_channels, channels, block_class.stem_activation)
+        stages = []
         for i, (depth, width) in enumerate(zip(layers, widths)):
             out_channels = width * expansion
             mid = int(width * mid_ratio) if block == "bottleneck" else out_channels
@@ -109,14 +84,14 @@ class ResNet(nn.Module):
             blocks: list[nn.Module] = []
             for j in range(depth):
                 stride = 2 if (i > 0 and j == 0) else 1
-                blocks.append(BLOCKS[block](channels, out_channels, stride, mid, g))
+                blocks.append(block_class(channels, out_channels, stride, mid, g, **options))
                 channels = out_channels
                 from_end = depth - j  # 1 for the last block
                 if from_end <= len(stage_dropout) and stage_dropout[-from_end] > 0:
                     blocks.append(nn.Dropout(stage_dropout[-from_end]))
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.pool = nn.Sequential(*block_class.final_layers(channels), nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.head = nn.Sequential(nn.Dropout(check_dropout("model.dropout", dropout)),
                                   nn.Linear(channels, num_classes))
         self.num_features = channels
@@ -124,8 +99,8 @@ class ResNet(nn.Module):
         kaiming_init(self)
         if zero_init_residual:
             for m in self.modules():
-                if isinstance(m, BasicBlock | Bottleneck):
-                    nn.init.zeros_(m.residual[-1].weight)
+                if isinstance(m, tuple(BLOCKS.values())):
+                    m.zero_init_last()
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The globally pooled features fed to the classifier."""
