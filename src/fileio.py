@@ -11,6 +11,9 @@ from typing import IO
 
 import torch
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def _atomic_write(path: str | os.PathLike, mode: str, write: Callable[[IO], None]) -> None:
     path = Path(path)
@@ -21,6 +24,7 @@ def _atomic_write(path: str | os.PathLike, mode: str, write: Callable[[IO], None
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

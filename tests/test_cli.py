@@ -85,3 +85,36 @@ def test_config_error_exits_2_with_one_sentence(tmp_path):
     assert result.returncode == 2, output[-3000:]
     assert "data.val_split=1.5 is invalid" in output
     assert "Traceback" not in output and "InstantiationException" not in output
+
+
+def run_entry(entry: str, *args: str, cwd: Path = ROOT, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", f"src.{entry}", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_evaluate_and_predict_commands(tmp_path):
+    """The evaluate and predict entrypoints as a user runs them, on a checkpoint of a tiny training."""
+    from src.engine.experiment import train
+    from tests.helpers import compose_train, fast_overrides
+
+    root = write_dataset(tmp_path / "data", splits={"train": 8, "val": 2, "test": 3})
+    train(compose_train(fast_overrides(root, tmp_path / "cache")), tmp_path / "run")
+    ckpt = tmp_path / "run" / "checkpoints" / "best.pt"
+
+    result = run_entry("evaluate", f"ckpt_path={quote(ckpt)}", "tta=flip", *output_args(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    (eval_dir,) = (tmp_path / "outputs" / "eval").iterdir()
+    assert (eval_dir / "metrics.json").is_file() and (eval_dir / ".hydra" / "config.yaml").is_file()
+    assert json.loads((eval_dir / "metrics.json").read_text())["tta"] == "flip"
+
+    workdir = tmp_path / "elsewhere"  # predict writes nothing but its output, from any folder
+    workdir.mkdir()
+    result = run_entry("predict", f"ckpt_path={quote(ckpt)}", f"images=[{quote(root / 'test')}]",
+                       "output=p.csv", cwd=workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in workdir.iterdir()) == ["p.csv"]
+    assert result.stdout.count(".png: ") == 9
+
+    result = run_entry("evaluate", f"ckpt_path={quote(tmp_path / 'missing.pt')}", *output_args(tmp_path))
+    assert result.returncode == 2 and "does not exist" in result.stdout + result.stderr

@@ -10,7 +10,7 @@ import torch.nn as nn
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from src.engine.experiment import build as build_from_config
+from src.config import build as build_from_config
 from src.errors import ConfigError
 from src.models import count_parameters
 from src.models.blocks import Bottleneck, ShakeBlock, _ShakeMix

@@ -140,7 +140,7 @@ def test_best_checkpoint_reproduces_test_metrics(quick_run):
 
 def test_run_directory_files(quick_run):
     run_dir = quick_run[0]
-    assert (run_dir / "confusion_matrix_test.png").stat().st_size > 0
+    assert (run_dir / "confusion_matrix.png").stat().st_size > 0
     assert not list(run_dir.rglob("*.tmp"))  # atomic writes leave no temporaries behind
 
 

@@ -56,10 +56,11 @@ def _class_dirs(folder: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not _is_hidden(e.name))
 
 
-def _image_files(class_dir: Path) -> list[str]:
-    """Image files under a class folder, recursively, sorted; symlinked folders are followed once."""
+def find_images(folder: Path) -> list[str]:
+    """Image files under a folder, recursively, sorted; hidden files and non-images are skipped and
+    symlinked folders are followed once."""
     found, visited = [], set()
-    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         real = os.path.realpath(dirpath)
         if real in visited:  # a symlink loop or a second link to the same folder
             dirnames[:] = []
@@ -93,7 +94,7 @@ def _scan(root: Path) -> tuple[list[str], list[tuple[str, int, str]]]:
             raise DataError(f"class folder {split_dir / unknown[0]} is not a class of the training split "
                             f"(training classes: {', '.join(classes)})")
         for name in names:
-            files = _image_files(split_dir / name)
+            files = find_images(split_dir / name)
             if not files and split_dir == main_dir:
                 raise DataError(f"class folder {split_dir / name} has no images")
             entries.extend((split, classes.index(name), f) for f in files)

@@ -12,29 +12,20 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ..errors import ConfigError, UserError
+from ..config import build
+from ..errors import ConfigError
 from ..fileio import atomic_write_json
 from ..models import count_parameters, size_mb
 from .checkpoint import load_checkpoint
+from .evaluation import evaluate_split, prefixed, write_report
 from .metrics import per_class_table
-from .plots import confusion_matrix_figure, save_figure
 
 log = logging.getLogger(__name__)
 
-
-def build(node: DictConfig, **kwargs):
-    """hydra.utils.instantiate, but a UserError raised by a constructor reaches the user as itself
-    (Hydra wraps it in an InstantiationException with a traceback-like message)."""
-    try:
-        return instantiate(node, **kwargs)
-    except InstantiationException as exc:
-        if isinstance(exc.__cause__, UserError):
-            raise exc.__cause__ from None
-        raise
+# metrics.json's test block (null when the data has no test split)
+TEST_KEYS = ("loss", "acc", "balanced_acc", "macro_f1", "per_class", "confusion_matrix", "roc_auc", "macro_auc")
 
 
 def make_criterion(loss_cfg: DictConfig, class_counts: torch.Tensor) -> nn.Module:
@@ -105,7 +96,10 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> 
 
         # Honest evaluation: the checkpoint selected on val, evaluated on test once.
         model.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "best.pt")["model"])
-        test = trainer.evaluate(model, data, "test")
+        test = None
+        if "test" in data.splits:
+            predictor = trainer.predictor(model, data, cfg.tta.mode, cfg.tta.crop_size)
+            test = evaluate_split(predictor, data.splits["test"], data.classes)
         best = state.history[state.best_epoch - 1]
         timed = state.history[1:] if len(state.history) > 1 else state.history  # epoch 1 pays one-time costs
         metrics = {
@@ -113,8 +107,8 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> 
             "epochs": state.epoch,
             "monitor": trainer.monitor,
             **{key: best.get(key) for key in ("val/loss", "val/acc", "val/balanced_acc", "val/macro_f1")},
-            **{f"test/{key}": (test or {}).get(key)
-               for key in ("loss", "acc", "balanced_acc", "macro_f1", "per_class", "confusion_matrix")},
+            **prefixed("test", test.metrics if test else dict.fromkeys(TEST_KEYS)),
+            "tta": cfg.tta.mode,
             "classes": data.classes,
             "model/params": params,
             "model/size_mb": round(megabytes, 3),
@@ -127,13 +121,14 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> 
         atomic_write_json(metrics, run_dir / "metrics.json")
         _write_history(state.history, run_dir / "history.csv")
         if test:
-            logger.log_confusion_matrix("test/confusion_matrix", test["confusion_matrix"], data.classes,
+            title = f"test, best epoch {state.best_epoch}"
+            write_report(run_dir, test, data.classes, title)
+            logger.log_confusion_matrix("test/confusion_matrix", test.metrics["confusion_matrix"], data.classes,
                                         state.best_epoch)
-            save_figure(confusion_matrix_figure(test["confusion_matrix"], data.classes, "test"),
-                        run_dir / "confusion_matrix_test.png")
-            log.info("Test (best epoch %d by %s): acc %.4f, macro-F1 %.4f, balanced acc %.4f\n%s",
-                     state.best_epoch, trainer.monitor, test["acc"], test["macro_f1"], test["balanced_acc"],
-                     per_class_table(test["per_class"]))
+            log.info("Test (best epoch %d by %s, tta=%s): acc %.4f, macro-F1 %.4f, balanced acc %.4f\n%s",
+                     state.best_epoch, trainer.monitor, cfg.tta.mode, test.metrics["acc"],
+                     test.metrics["macro_f1"], test.metrics["balanced_acc"],
+                     per_class_table(test.metrics["per_class"], test.metrics["roc_auc"]))
         final = {f"hparam/{k.replace('/', '_')}": metrics[k]
                  for k in ("val/acc", "val/macro_f1", "test/acc", "test/macro_f1") if metrics[k] is not None}
         logger.log_hparams(_flat_hparams(cfg, choices), final)

@@ -34,9 +34,13 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list
     }
 
 
-def per_class_table(per_class: dict) -> str:
-    """A Markdown table of per-class precision, recall, F1 and support."""
-    rows = ["| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
-    rows += [f"| {name} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |"
-             for name, m in per_class.items()]
+def per_class_table(per_class: dict, roc_auc: dict | None = None) -> str:
+    """A Markdown table of per-class precision, recall, F1, support (and ROC AUC when given)."""
+    auc_head, auc_rule = (" ROC AUC |", "---:|") if roc_auc else ("", "")
+    rows = [f"| class | precision | recall | F1 | support |{auc_head}", f"|---|---:|---:|---:|---:|{auc_rule}"]
+    for name, m in per_class.items():
+        auc = ""
+        if roc_auc:
+            auc = " – |" if roc_auc.get(name) is None else f" {roc_auc[name]:.3f} |"
+        rows.append(f"| {name} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['support']} |{auc}")
     return "\n".join(rows)

@@ -34,3 +34,85 @@ def confusion_matrix_figure(matrix: list[list[int]], classes: list[str], title: 
 def save_figure(fig: plt.Figure, path) -> None:
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _curves_figure(title: str, xlabel: str, ylabel: str):
+    fig, ax = plt.subplots(figsize=(6.5, 5.5), constrained_layout=True)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    return fig, ax
+
+
+def roc_figure(labels: np.ndarray, probs: np.ndarray, classes: list[str], aucs: dict, title: str = "") -> plt.Figure:
+    """One-vs-rest ROC curve per class, with its AUC in the legend."""
+    from sklearn.metrics import roc_curve
+
+    fig, ax = _curves_figure(f"{title} ROC (one-vs-rest)".strip(), "false positive rate", "true positive rate")
+    ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
+    for c, name in enumerate(classes):
+        if aucs.get(name) is None:
+            continue
+        fpr, tpr, _ = roc_curve(labels == c, probs[:, c])
+        ax.plot(fpr, tpr, lw=1.5, label=f"{name} (AUC {aucs[name]:.3f})")
+    ax.legend(loc="lower right", fontsize=8)
+    return fig
+
+
+def pr_figure(labels: np.ndarray, probs: np.ndarray, classes: list[str], title: str = "") -> plt.Figure:
+    """One-vs-rest precision-recall curve per class, with its average precision in the legend."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    fig, ax = _curves_figure(f"{title} precision-recall".strip(), "recall", "precision")
+    for c, name in enumerate(classes):
+        positive = labels == c
+        if not positive.any():
+            continue
+        precision, recall, _ = precision_recall_curve(positive, probs[:, c])
+        ap = average_precision_score(positive, probs[:, c])
+        ax.plot(recall, precision, lw=1.5, label=f"{name} (AP {ap:.3f})")
+    ax.legend(loc="lower left", fontsize=8)
+    return fig
+
+
+def misclassified_figure(images, labels: np.ndarray, probs: np.ndarray, classes: list[str],
+                         count: int = 36) -> plt.Figure:
+    """A grid of the most confident mistakes: each image with its true label, the predicted one and
+    the predicted probability."""
+    predicted = probs.argmax(1)
+    wrong = np.flatnonzero(predicted != labels)
+    worst = wrong[np.argsort(-probs[wrong, predicted[wrong]])][:count]
+    cols = max(1, min(6, len(worst)))
+    rows = max(1, -(-len(worst) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(max(1.9 * cols, 4.5), 2.2 * rows + 0.4), squeeze=False,
+                             constrained_layout=True)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, worst):
+        image = images[i].permute(1, 2, 0).numpy()
+        ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=255)
+        ax.set_title(f"true {classes[labels[i]]}\npred {classes[predicted[i]]} {probs[i, predicted[i]]:.2f}",
+                     fontsize=7)
+    if not len(worst):
+        axes.flat[0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
+    fig.suptitle(f"most confident mistakes ({len(worst)} of {len(wrong)})", fontsize=9)
+    return fig
+
+
+def pca_figure(features: np.ndarray, labels: np.ndarray, classes: list[str], title: str = "") -> plt.Figure:
+    """The first two principal components of the features, coloured by true class."""
+    from sklearn.decomposition import PCA
+
+    points = PCA(n_components=2).fit_transform(features)
+    fig, ax = plt.subplots(figsize=(6.5, 5.5), constrained_layout=True)
+    for c, name in enumerate(classes):
+        mask = labels == c
+        ax.scatter(points[mask, 0], points[mask, 1], s=6, alpha=0.6, label=name)
+    ax.set_xlabel("PC 1")
+    ax.set_ylabel("PC 2")
+    ax.set_title(f"{title} features, PCA".strip())
+    ax.legend(markerscale=3, fontsize=8)
+    return fig

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..data import Augment, DeviceLoader, ImageData
 from ..errors import ConfigError, UserError
 from .checkpoint import load_checkpoint, save_checkpoint
+from .evaluation import evaluate_split
+from .inference import Predictor, to_input
 from .logger import NullLogger
-from .metrics import classification_metrics
 from .runtime import autocast, resolve_device, resolve_precision, synchronize
 from .schedules import Plateau
 
@@ -85,46 +85,22 @@ class Trainer:
         self.monitor_mode = "min" if monitor.endswith("loss") else "max"
         self.early_stopping_patience = early_stopping_patience
         self.warmup_batches, self.progress_bar = warmup_batches, progress_bar
-        self._mean = self._std = None  # the data's normalization, on the device (set by fit/evaluate)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
 
-    # -- preprocessing shared by training and evaluation ---------------------------------------------
-
-    def _set_normalization(self, data: ImageData) -> None:
-        self._mean = torch.tensor(data.mean, device=self.device).view(1, -1, 1, 1)
-        self._std = torch.tensor(data.std, device=self.device).view(1, -1, 1, 1)
-
-    def prepare(self, images: torch.Tensor, augment: Augment | None = None,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-        """uint8 (B, C, H, W) on the device → augmented (training only), normalized float input."""
-        x = images.float().div_(255)
-        if augment:
-            x = augment(x, generator)
-        x = (x - self._mean) / self._std
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
     # -- evaluation ----------------------------------------------------------------------------------
 
-    @torch.inference_mode()
-    def predict(self, model: nn.Module, loader: DeviceLoader) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits (float32) and labels of a whole split, on the CPU."""
-        model.eval()
-        outputs = []
-        for images, _ in loader:
-            with autocast(self.device, self.precision):
-                outputs.append(model(self.prepare(images)).float())
-        return torch.cat(outputs).cpu(), loader.labels.cpu()
+    def predictor(self, model: nn.Module, data: ImageData, tta: str = "none", crop_size: int | None = None
+                  ) -> Predictor:
+        """`model` with the data's normalization, on this trainer's device, precision and memory format."""
+        return Predictor(model, data.mean, data.std, self.device, self.precision, self.channels_last,
+                         tta, crop_size, data.eval_batch_size)
 
     def evaluate(self, model: nn.Module, data: ImageData, split: str) -> dict | None:
-        """Metrics of one split: loss, acc, balanced_acc, macro_f1, per_class, confusion_matrix."""
-        loader = data.eval_loader(split, self.device)
-        if loader is None:
+        """Metrics of one split (see evaluation.evaluate_split), or None if the data has no such split."""
+        if split not in data.splits:
             return None
-        self._set_normalization(data)
-        logits, labels = self.predict(model, loader)
-        metrics = classification_metrics(labels.numpy(), logits.argmax(1).numpy(), data.classes)
-        return {"loss": float(F.cross_entropy(logits, labels)), **metrics}
+        return evaluate_split(self.predictor(model, data), data.splits[split], data.classes).metrics
 
     # -- training ------------------------------------------------------------------------------------
 
@@ -151,7 +127,6 @@ class Trainer:
         """
         logger = logger or NullLogger()
         checkpoint_dir = Path(checkpoint_dir)
-        self._set_normalization(data)
         model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
         criterion.to(self.device)
         train_loader = data.train_loader(self.device, seed)
@@ -169,12 +144,13 @@ class Trainer:
             state = self._resume(ckpt_path, model, opt, scheduler, scaler, train_loader, aug_generator, data,
                                  checkpoint_dir)
         step_model = torch.compile(model) if self.compile else model
+        mean, std = (torch.tensor(v, device=self.device).view(1, -1, 1, 1) for v in (data.mean, data.std))
         log.info("Training on %s (%s%s) for %d epochs of %d batches of %d", self.device, self.precision,
                  ", channels_last" if self.channels_last else "", self.max_epochs, steps, data.batch_size)
 
         for epoch in range(state.epoch + 1, self.max_epochs + 1):
             train = self._train_epoch(step_model, train_loader, steps, opt, scheduler, per_epoch_scheduler,
-                                      scaler, augment, aug_generator, criterion, epoch)
+                                      scaler, augment, aug_generator, criterion, epoch, mean, std)
             val = self.evaluate(model, data, "val") if has_val else None
             lr = opt.param_groups[0]["lr"]
             record = {"epoch": epoch, "lr": lr, "train/loss": train["loss"], "train/acc": train["acc"],
@@ -223,7 +199,7 @@ class Trainer:
         return output, criterion(output, labels)
 
     def _train_epoch(self, model, loader, steps, opt, scheduler, per_epoch_scheduler, scaler, augment,
-                     generator, criterion, epoch) -> dict:
+                     generator, criterion, epoch, mean, std) -> dict:
         model.train()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
@@ -234,7 +210,7 @@ class Trainer:
         for i, (images, labels) in enumerate(loader):
             if i == steps:
                 break
-            x = self.prepare(images, augment, generator)
+            x = to_input(images, mean, std, self.channels_last, augment, generator)
             with autocast(self.device, self.precision):
                 logits, loss = self._loss(model(x), labels, criterion)
             opt.zero_grad(set_to_none=True)

@@ -1,0 +1,157 @@
+"""Evaluating predictions on a split, and the report every evaluation writes.
+
+`evaluate_split` is the one code path behind the validation of every epoch, the test evaluation at
+the end of training and `python -m src.evaluate`, so their numbers agree exactly for one checkpoint.
+`write_report` writes metrics, figures, the per-class table and per-image predictions.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from sklearn.metrics import roc_auc_score
+
+from ..config import build
+from ..data import Split
+from ..errors import UserError
+from ..fileio import atomic_write_json
+from .inference import average_probabilities, load_predictors
+from .metrics import classification_metrics, per_class_table
+from .plots import confusion_matrix_figure, misclassified_figure, pca_figure, pr_figure, roc_figure, save_figure
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Evaluation:
+    """Predictions on one split and their metrics."""
+    split: Split
+    log_probs: torch.Tensor  # (N, K) float32
+    metrics: dict
+
+    @property
+    def probs(self) -> np.ndarray:
+        return self.log_probs.exp().numpy()
+
+
+def roc_auc(labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict:
+    """One-vs-rest ROC AUC per class (None for a class absent from, or alone in, the split) and their
+    mean over the classes where it is defined (macro AUC)."""
+    per_class = {}
+    for c, name in enumerate(classes):
+        positive = labels == c
+        per_class[name] = (float(roc_auc_score(positive, probs[:, c]))
+                           if 0 < positive.sum() < len(labels) else None)
+    defined = [v for v in per_class.values() if v is not None]
+    return {"roc_auc": per_class, "macro_auc": float(np.mean(defined)) if defined else None}
+
+
+def score(log_probs: torch.Tensor, split: Split, classes: list[str]) -> Evaluation:
+    """Loss (negative log-likelihood), accuracy, balanced accuracy, macro-F1, per-class precision/
+    recall/F1/support, confusion matrix and ROC AUC of log-probabilities for a split."""
+    labels = split.labels.cpu()
+    metrics = {"loss": float(F.nll_loss(log_probs, labels)),
+               **classification_metrics(labels.numpy(), log_probs.argmax(1).numpy(), classes),
+               **roc_auc(labels.numpy(), log_probs.exp().numpy(), classes)}
+    return Evaluation(split, log_probs, metrics)
+
+
+def evaluate_split(predictor, split: Split, classes: list[str]) -> Evaluation:
+    """The evaluation of a Predictor (or Ensemble) on one split."""
+    return score(predictor.log_probs(split.images), split, classes)
+
+
+def prefixed(prefix: str, metrics: dict) -> dict:
+    """metrics.json's flat keys: {"test/acc": ..., "test/per_class": ...}."""
+    return {f"{prefix}/{key}": value for key, value in metrics.items()}
+
+
+def write_report(out_dir: str | Path, evaluation: Evaluation, classes: list[str], title: str,
+                 misclassified: int = 36) -> None:
+    """confusion_matrix.png, roc.png, pr.png, misclassified.png, per_class.md, predictions.csv."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    labels, probs, m = evaluation.split.labels.cpu().numpy(), evaluation.probs, evaluation.metrics
+    save_figure(confusion_matrix_figure(m["confusion_matrix"], classes, title), out_dir / "confusion_matrix.png")
+    save_figure(roc_figure(labels, probs, classes, m["roc_auc"], title), out_dir / "roc.png")
+    save_figure(pr_figure(labels, probs, classes, title), out_dir / "pr.png")
+    save_figure(misclassified_figure(evaluation.split.images.cpu(), labels, probs, classes, misclassified),
+                out_dir / "misclassified.png")
+    auc = "n/a" if m["macro_auc"] is None else f"{m['macro_auc']:.4f}"
+    summary = (f"{title}: accuracy {m['acc']:.4f}, macro-F1 {m['macro_f1']:.4f}, balanced accuracy "
+               f"{m['balanced_acc']:.4f}, macro ROC AUC {auc}")
+    (out_dir / "per_class.md").write_text(f"{summary}\n\n{per_class_table(m['per_class'], m['roc_auc'])}\n")
+    with open(out_dir / "predictions.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", "true", "predicted", "confidence", *[f"p_{c}" for c in classes]])
+        for file, label, p in zip(evaluation.split.files, labels, probs):
+            writer.writerow([file, classes[label], classes[int(p.argmax())], f"{p.max():.6f}",
+                             *[f"{v:.6f}" for v in p]])
+
+
+def write_embedding(out_dir: str | Path, features: torch.Tensor, split: Split, classes: list[str], tag: str) -> None:
+    """The features in TensorBoard's projector (labels as metadata, images as sprites) and pca.png."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    out_dir = Path(out_dir)
+    images = split.images.cpu().float() / 255
+    with SummaryWriter(log_dir=str(out_dir)) as writer:
+        writer.add_embedding(features, metadata=[classes[i] for i in split.labels.tolist()],
+                             label_img=images, tag=tag)
+    save_figure(pca_figure(features.numpy(), split.labels.cpu().numpy(), classes, tag), out_dir / "pca.png")
+
+
+def run_evaluation(cfg: DictConfig, run_dir: str | Path) -> dict:
+    """`python -m src.evaluate`: one checkpoint or an ensemble on a split, with the full report."""
+    run_dir = Path(run_dir)
+    paths = [str(p) for p in cfg.ckpt_path] if isinstance(cfg.ckpt_path, ListConfig) else [str(cfg.ckpt_path)]
+    predictors, shared = load_predictors(paths, cfg.trainer, cfg.tta)
+    overrides = {key: value for key, value in cfg.data.items() if key != "split" and value is not None}
+    data_cfg = OmegaConf.merge(shared["config"]["data"], overrides, {"cache_dir": cfg.paths.cache_dir})
+    data = build(data_cfg).setup()
+    classes, split_name = shared["classes"], cfg.data.split
+    if data.classes != classes:
+        raise UserError(f"the data's classes {data.classes} are not the checkpoint's {classes}")
+    if split_name not in data.splits:
+        raise UserError(f"data.split={split_name}: the data has no such split (it has {', '.join(data.splits)})")
+    split = data.splits[split_name]
+
+    members = [evaluate_split(p, split, classes) for p in predictors]
+    evaluation = members[0] if len(members) == 1 else score(average_probabilities([m.log_probs for m in members]),
+                                                           split, classes)
+    metrics = {"ckpt_path": paths if len(paths) > 1 else paths[0], "split": split_name, "tta": cfg.tta.mode,
+               **prefixed(split_name, evaluation.metrics), "classes": classes}
+    title = f"{split_name}, {'ensemble of ' + str(len(paths)) if len(paths) > 1 else Path(paths[0]).name}"
+    if len(members) > 1:
+        metrics["members"] = {path: {k: m.metrics[k] for k in SUMMARY_KEYS} for path, m in zip(paths, members)}
+        table = ensemble_table(paths, members, evaluation)
+        (run_dir / "ensemble.md").write_text(table + "\n")
+        log.info("Ensemble on %s (tta=%s):\n%s", split_name, cfg.tta.mode, table)
+    write_report(run_dir, evaluation, classes, title, cfg.misclassified)
+    atomic_write_json(metrics, run_dir / "metrics.json")
+    if cfg.embed:
+        write_embedding(run_dir, predictors[0].features(split.images), split, classes, split_name)
+    m = evaluation.metrics
+    log.info("%s (tta=%s): acc %.4f, macro-F1 %.4f, balanced acc %.4f\n%s", title, cfg.tta.mode, m["acc"],
+             m["macro_f1"], m["balanced_acc"], per_class_table(m["per_class"], m["roc_auc"]))
+    return metrics
+
+
+SUMMARY_KEYS = ("acc", "macro_f1", "balanced_acc", "macro_auc", "loss")
+
+
+def ensemble_table(paths: list[str], members: list[Evaluation], ensemble: Evaluation) -> str:
+    """A Markdown table: each member's and the ensemble's summary metrics."""
+    rows = ["| model | acc | macro-F1 | balanced acc | macro AUC | loss |", "|---|---:|---:|---:|---:|---:|"]
+    for name, evaluation in [*zip(paths, members), ("**ensemble**", ensemble)]:
+        m = evaluation.metrics
+        auc = "–" if m["macro_auc"] is None else f"{m['macro_auc']:.4f}"
+        rows.append(f"| {name} | {m['acc']:.4f} | {m['macro_f1']:.4f} | {m['balanced_acc']:.4f} | {auc} | "
+                    f"{m['loss']:.4f} |")
+    return "\n".join(rows)

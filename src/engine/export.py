@@ -1,0 +1,51 @@
+"""Exporting a checkpoint's model to ONNX or TorchScript, for use outside this runner.
+
+The exported model takes the preprocessed input: float32 (N, C, H, W) with
+x = (pixel / 255 - mean) / std per channel, at the checkpoint's image size; a JSON file beside it
+records the classes, the image size, the channels and mean/std.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError, UserError
+from .inference import load_model
+
+log = logging.getLogger(__name__)
+
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+
+
+def export_checkpoint(ckpt_path: str, fmt: str, output: str | None = None) -> Path:
+    if fmt not in SUFFIXES:
+        raise ConfigError(f"format={fmt} is invalid: use onnx or torchscript")
+    model, meta = load_model(ckpt_path, "cpu")
+    data = meta["data"]
+    out = Path(output) if output else Path(ckpt_path).with_suffix(SUFFIXES[fmt])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    example = torch.randn(2, data["channels"], data["image_size"], data["image_size"])
+    if fmt == "onnx":
+        try:
+            import onnx  # noqa: F401  (torch's exporter needs it and onnxscript)
+            import onnxscript  # noqa: F401
+        except ImportError:
+            raise UserError("format=onnx needs the onnx and onnxscript packages: pip install -e '.[export]'") from None
+        torch.onnx.export(model, (example,), str(out), input_names=["input"], output_names=["logits"],
+                          dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, external_data=False,
+                          verbose=False)
+    else:
+        with warnings.catch_warnings():  # TorchScript is deprecated upstream; ONNX is the lasting format
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.jit.trace(model, example).save(str(out))
+    sidecar = {"format": fmt, "model": str(out.name), "checkpoint": str(ckpt_path), "classes": data["classes"],
+               "channels": data["channels"], "image_size": data["image_size"], "mean": data["mean"], "std": data["std"],
+               "input": "float32 N x C x H x W, (pixel / 255 - mean) / std per channel", "output": "logits N x classes"}
+    Path(f"{out}.json").write_text(json.dumps(sidecar, indent=2))
+    log.info("Exported %s to %s (preprocessing in %s.json)", ckpt_path, out, out)
+    return out

@@ -1,0 +1,27 @@
+"""Evaluate a checkpoint (or an ensemble) on a split: `python -m src.evaluate ckpt_path=PATH [tta=tencrop]`.
+
+The model and preprocessing come from the checkpoint; the config tree is conf/eval.yaml.
+"""
+from __future__ import annotations
+
+import logging
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from .engine.evaluation import run_evaluation
+from .entry import run_or_exit
+
+log = logging.getLogger("src.evaluate")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    run_dir = HydraConfig.get().runtime.output_dir
+    run_or_exit(lambda: run_evaluation(cfg, run_dir), log)
+    log.info("Results in %s", run_dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""Export a checkpoint's model: `python -m src.export ckpt_path=PATH format=onnx|torchscript`.
+
+The exported model takes the preprocessed tensor (float, normalized, N x C x H x W); a JSON file
+beside it records the classes and the preprocessing. The config tree is conf/export.yaml.
+"""
+from __future__ import annotations
+
+import logging
+
+import hydra
+from omegaconf import DictConfig
+
+from .engine.export import export_checkpoint
+from .entry import run_or_exit
+
+log = logging.getLogger("src.export")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+def main(cfg: DictConfig) -> None:
+    run_or_exit(lambda: export_checkpoint(cfg.ckpt_path, cfg.format, cfg.output), log)
+
+
+if __name__ == "__main__":
+    main()

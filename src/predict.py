@@ -1,0 +1,25 @@
+"""Predict images: `python -m src.predict ckpt_path=PATH images=[face1.jpg,faces/,'shots/*.png']`.
+
+Prints the top-k classes of every image; output=predictions.csv (or .json) also writes them.
+The config tree is conf/predict.yaml.
+"""
+from __future__ import annotations
+
+import logging
+
+import hydra
+from omegaconf import DictConfig
+
+from .engine.inference import predict_images
+from .entry import run_or_exit
+
+log = logging.getLogger("src.predict")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+def main(cfg: DictConfig) -> None:
+    run_or_exit(lambda: predict_images(cfg), log)
+
+
+if __name__ == "__main__":
+    main()
