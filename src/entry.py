@@ -12,6 +12,8 @@ import sys
 from collections.abc import Callable
 from typing import TypeVar
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import OmegaConf
 
 from .errors import UserError
@@ -25,8 +27,13 @@ OmegaConf.register_new_resolver("run_id", lambda: _PROCESS_ID, replace=True)
 
 
 def run_or_exit(work: Callable[[], T], logger: logging.Logger) -> T:
+    """Runs `work`; a UserError is logged as its one sentence and ends the process with its exit code
+    (2, or 130 for Ctrl-C). In a multirun it is re-raised instead, so that Hydra records the job as
+    failed and goes on with the other jobs."""
     try:
         return work()
     except UserError as exc:
         logger.error("%s", exc)
-        sys.exit(2)
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise
+        sys.exit(exc.exit_code)

@@ -3,6 +3,7 @@
 
 class UserError(Exception):
     """Base class: a problem with the user's data, config or files, not a bug in the runner."""
+    exit_code = 2
 
 
 class ConfigError(UserError, ValueError):

@@ -2,6 +2,7 @@
 moment leaves either the previous version or the new one, never a partial file."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -32,8 +33,16 @@ def _atomic_write(path: str | os.PathLike, mode: str, write: Callable[[IO], None
 
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:
-    _atomic_write(path, "wb", lambda f: torch.save(obj, f))
+    # Serialized in memory first: torch.save writing straight to a full disk fails with an opaque
+    # RuntimeError from its zip writer, while a plain write raises OSError(ENOSPC) that says so.
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    _atomic_write(path, "wb", lambda f: f.write(buffer.getbuffer()))
 
 
 def atomic_write_json(obj, path: str | os.PathLike) -> None:
     _atomic_write(path, "w", lambda f: json.dump(obj, f, indent=2))
+
+
+def atomic_write_text(text: str, path: str | os.PathLike) -> None:
+    _atomic_write(path, "w", lambda f: f.write(text))

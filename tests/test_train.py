@@ -195,9 +195,9 @@ def test_without_test_split_metrics_are_still_written(tmp_path, make_folder, tra
 
 
 def test_early_stopping(tmp_path, make_folder, train_cfg):
-    # lr 0: the model never changes, so val/acc never improves after epoch 1.
+    # lr 1e-30 changes no float32 weight: val/acc never improves after epoch 1.
     root = make_folder(splits={"train": 8, "val": 2})
-    metrics = train(train_cfg(root, "optim.lr=0", "trainer.max_epochs=5", "trainer.early_stopping_patience=2"),
+    metrics = train(train_cfg(root, "optim.lr=1e-30", "trainer.max_epochs=5", "trainer.early_stopping_patience=2"),
                     tmp_path / "run")
     assert metrics["epochs"] == 3 and metrics["best_epoch"] == 1
 
@@ -299,10 +299,10 @@ def test_resume_after_a_crash_mid_schedule(tmp_path, resume_setup, monkeypatch):
 
 
 def test_resume_when_no_later_epoch_improves(tmp_path, resume_setup):
-    # lr 0: the model never changes, so epoch 2 cannot improve on epoch 1 (the best stays in run B).
-    train(resume_setup("optim.lr=0", "trainer.max_epochs=1"), tmp_path / "B")
+    # lr 1e-30 changes no float32 weight: epoch 2 cannot improve on epoch 1 (the best stays in run B).
+    train(resume_setup("optim.lr=1e-30", "trainer.max_epochs=1"), tmp_path / "B")
     ckpt = tmp_path / "B" / "checkpoints" / "last.pt"
-    metrics = train(resume_setup("optim.lr=0", "trainer.max_epochs=2", f"ckpt_path={quote(ckpt)}"),
+    metrics = train(resume_setup("optim.lr=1e-30", "trainer.max_epochs=2", f"ckpt_path={quote(ckpt)}"),
                     tmp_path / "C")
     assert metrics["epochs"] == 2 and metrics["best_epoch"] == 1
     assert metrics["test/acc"] == read_metrics(tmp_path / "B")["test/acc"]
@@ -311,7 +311,7 @@ def test_resume_when_no_later_epoch_improves(tmp_path, resume_setup):
 def test_resume_refuses_other_classes(tmp_path, resume_setup):
     train(resume_setup(), tmp_path / "B")
     ckpt = tmp_path / "B" / "checkpoints" / "last.pt"
-    with pytest.raises(UserError, match="trained on classes"):
+    with pytest.raises(UserError, match=r"trained with other settings \(data.classes: None → \[.top., .bottom.\]"):
         train(resume_setup("trainer.max_epochs=2", "data.classes=[top,bottom]", f"ckpt_path={quote(ckpt)}"),
               tmp_path / "C")
 

@@ -28,9 +28,17 @@ class DeviceLoader:
     """
 
     def __init__(self, split: Split, batch_size: int, device: torch.device | str, *, shuffle: bool = False,
-                 balanced: bool = False, drop_last: bool = False, seed: int = 0):
-        self.images = split.images.to(device)
-        self.labels = split.labels.to(device)
+                 balanced: bool = False, drop_last: bool = False, seed: int = 0, budget_bytes: int | None = None):
+        self.device = torch.device(device)
+        # Over the device's budget the split stays in host memory (pinned, for asynchronous copies to
+        # a GPU) and each batch is gathered there and copied over.
+        self.on_device = budget_bytes is None or split.images.nbytes <= budget_bytes
+        if self.on_device:
+            self.images, self.labels = split.images.to(self.device), split.labels.to(self.device)
+        else:
+            pin = self.device.type == "cuda"
+            self.images = split.images.pin_memory() if pin else split.images
+            self.labels = split.labels.pin_memory() if pin else split.labels
         self.batch_size = batch_size
         self.shuffle = shuffle or balanced
         self.weights = balanced_weights(split.labels) if balanced else None
@@ -43,16 +51,24 @@ class DeviceLoader:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.iterate()
+
+    def iterate(self, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The epoch's batches from batch `start` on (the order of a shuffled epoch is drawn in full first,
+        so a resumed epoch skips exactly the batches it had done)."""
         n = len(self.labels)
         if not self.shuffle:
-            for start in range(0, n, self.batch_size):
-                yield self.images[start:start + self.batch_size], self.labels[start:start + self.batch_size]
+            for b in range(start, len(self)):
+                batch = slice(b * self.batch_size, (b + 1) * self.batch_size)
+                yield (self.images[batch].to(self.device, non_blocking=True),
+                       self.labels[batch].to(self.device, non_blocking=True))
             return
         if self.weights is not None:
             order = torch.multinomial(self.weights, n, replacement=True, generator=self.generator)
         else:
             order = torch.randperm(n, generator=self.generator)
         order = order.to(self.images.device, non_blocking=True)
-        for b in range(len(self)):
+        for b in range(start, len(self)):
             index = order[b * self.batch_size:(b + 1) * self.batch_size]
-            yield self.images[index], self.labels[index]
+            yield (self.images[index].to(self.device, non_blocking=True),
+                   self.labels[index].to(self.device, non_blocking=True))

@@ -52,21 +52,44 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
+def _refuse_broken_link(path: str | Path) -> None:
+    # A class or split folder linked from an unmounted drive would otherwise drop out of the dataset unnoticed.
+    if os.path.islink(path) and not os.path.exists(path):
+        raise DataError(f"{path} is a broken symlink (its target {os.readlink(path)} does not exist)")
+
+
 def _class_dirs(folder: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not _is_hidden(e.name))
+    names = []
+    for e in os.scandir(folder):
+        if not _is_hidden(e.name):
+            _refuse_broken_link(e.path)
+            if e.is_dir():
+                names.append(e.name)
+    return sorted(names)
+
+
+def _is_loop(path: str, chain: tuple[str, ...]) -> bool:
+    """Whether the folder at `path` resolves to one of the real folders `chain` or to a folder holding one."""
+    target = os.path.realpath(path)
+    return any(os.path.commonpath([target, real]) == target for real in chain)
 
 
 def find_images(folder: Path) -> list[str]:
-    """Image files under a folder, recursively, sorted; hidden files and non-images are skipped and
-    symlinked folders are followed once."""
-    found, visited = [], set()
+    """Image files under a folder, recursively, sorted; hidden files and non-images are skipped.
+
+    Symlinked folders are followed, each real folder once (at its first path in sorted, depth-first
+    order); a link to a folder that holds the link (itself, a parent, the dataset root) is a loop and is
+    not followed: it would bring other classes' images (or the whole disk) into this class.
+    """
+    found, visited, chains = [], set(), {}
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         real = os.path.realpath(dirpath)
-        if real in visited:  # a symlink loop or a second link to the same folder
+        if real in visited:  # a second link to the same folder
             dirnames[:] = []
             continue
         visited.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
+        chain = chains[dirpath] = (*chains.get(os.path.dirname(dirpath), ()), real)  # real folders down to here
+        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d) and not _is_loop(os.path.join(dirpath, d), chain))
         for name in sorted(filenames):
             if not _is_hidden(name) and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
                 found.append(os.path.join(dirpath, name))
@@ -77,6 +100,8 @@ def _scan(root: Path) -> tuple[list[str], list[tuple[str, int, str]]]:
     """Finds class names and every (split, class index, path); checks the layout."""
     if not root.is_dir():
         raise DataError(f"dataset folder {root} does not exist; set data.root=PATH to the dataset folder")
+    for split in SPLITS:
+        _refuse_broken_link(root / split)
     has_splits = (root / "train").is_dir()
     split_dirs = {s: root / s for s in SPLITS if (root / s).is_dir()} if has_splits else {"all": root}
     main_dir = split_dirs["train" if has_splits else "all"]
@@ -150,7 +175,19 @@ def read_folder(root: str | os.PathLike, channels: int, image_size: int, cache_d
         splits[name] = Split(decoded["images"][index], labels[index], [paths[i] for i in index.tolist()])
     if len(splits.get("train", splits.get("all"))) == 0:
         raise DataError(f"dataset folder {root} has no readable training images")
+    _check_every_class_readable(root, classes, splits)
     return RawData(classes, splits)
+
+
+def _check_every_class_readable(root: Path, classes: list[str], splits: dict[str, Split]) -> None:
+    """With on_bad_image=skip, a training class whose images were all unreadable is refused like an empty
+    class folder: the model would have an output it never sees a training example of."""
+    main = "train" if "train" in splits else "all"
+    counts = torch.bincount(splits[main].labels, minlength=len(classes))
+    if (counts == 0).any():
+        name = classes[int((counts == 0).nonzero()[0])]
+        folder = root / "train" / name if main == "train" else root / name
+        raise DataError(f"class folder {folder} has no readable images (all of them were skipped as unreadable)")
 
 
 # ---------------------------------------------------------------------------------------------------

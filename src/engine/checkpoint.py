@@ -19,7 +19,12 @@ FORMAT = 1
 
 
 def save_checkpoint(path: str | os.PathLike, content: dict) -> None:
-    atomic_torch_save({"format": FORMAT, **content}, path)
+    """Writes atomically; a failed write (a full disk) leaves the previous checkpoint in place."""
+    try:
+        atomic_torch_save({"format": FORMAT, **content}, path)
+    except OSError as exc:
+        kept = "the previous one is kept" if Path(path).exists() else "there is no previous one"
+        raise UserError(f"could not write checkpoint {path}: {exc.strerror or exc}; {kept}") from None
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:

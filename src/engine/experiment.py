@@ -12,15 +12,16 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from ..config import build
-from ..errors import ConfigError
+from ..config import build, check_model_config, check_optimizer_config, config_differences
+from ..errors import ConfigError, UserError
 from ..fileio import atomic_write_json
 from ..models import count_parameters, size_mb
 from .checkpoint import load_checkpoint
 from .evaluation import evaluate_split, prefixed, write_report
 from .metrics import per_class_table
+from .run_info import collect_run_info
 
 log = logging.getLogger(__name__)
 
@@ -28,21 +29,50 @@ log = logging.getLogger(__name__)
 TEST_KEYS = ("loss", "acc", "balanced_acc", "macro_f1", "per_class", "confusion_matrix", "roc_auc", "macro_auc")
 
 
-def make_criterion(loss_cfg: DictConfig, class_counts: torch.Tensor) -> nn.Module:
-    """Cross-entropy with optional label smoothing and class weights (`balanced`: n / (k * n_c))."""
-    smoothing = float(loss_cfg.get("label_smoothing", 0.0))
+def check_loss_config(loss_cfg: DictConfig) -> None:
+    smoothing = loss_cfg.get("label_smoothing", 0.0)
     if not 0 <= smoothing < 1:
         raise ConfigError(f"loss.label_smoothing={smoothing} is invalid: it must be in [0, 1)")
+    weights = loss_cfg.get("class_weights")
+    valid_list = isinstance(weights, list | ListConfig) and all(isinstance(w, int | float) and w >= 0 for w in weights)
+    if not (weights is None or weights == "balanced" or valid_list):
+        raise ConfigError(f"loss.class_weights={weights} is invalid: use null, balanced or a list of one weight "
+                          "(>= 0) per class")
+
+
+def make_criterion(loss_cfg: DictConfig, class_counts: torch.Tensor) -> nn.Module:
+    """Cross-entropy with optional label smoothing and class weights (`balanced`: n / (k * n_c))."""
+    check_loss_config(loss_cfg)
     weights = loss_cfg.get("class_weights")
     if weights == "balanced":
         counts = class_counts.double()
         weights = torch.where(counts > 0, counts.sum() / (len(counts) * counts.clamp(min=1)), 0).float()
     elif weights is not None:
-        if isinstance(weights, str) or len(weights) != len(class_counts):
-            raise ConfigError(f"loss.class_weights={weights} is invalid: use null, balanced or one weight per "
-                              f"class ({len(class_counts)})")
+        if len(weights) != len(class_counts):
+            raise ConfigError(f"loss.class_weights={list(weights)} is invalid: it needs one weight per class "
+                              f"({len(class_counts)})")
         weights = torch.tensor(list(weights), dtype=torch.float)
-    return nn.CrossEntropyLoss(weight=weights, label_smoothing=smoothing)
+    return nn.CrossEntropyLoss(weight=weights, label_smoothing=float(loss_cfg.get("label_smoothing", 0.0)))
+
+
+def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
+    """The checkpoint to resume from: `ckpt_path`, or with `resume=true` this run directory's last.pt.
+    Its model and data settings must be the ones of this run (only data.root/csv may move)."""
+    path = cfg.get("ckpt_path")
+    if cfg.get("resume"):
+        if path:
+            raise ConfigError("set resume=true or ckpt_path=..., not both")
+        path = run_dir / "checkpoints" / "last.pt"
+        if not path.is_file():
+            raise UserError(f"resume=true but {path} does not exist: resume in the run directory that has it "
+                            "(hydra.run.dir=outputs/runs/<run>) or pass ckpt_path=")
+    if not path:
+        return None
+    differences = config_differences(load_checkpoint(path)["meta"].get("config", {}), cfg)
+    if differences:
+        raise UserError(f"checkpoint {path} was trained with other settings ({'; '.join(differences[:4])}); "
+                        "resume with the same overrides as the run that wrote it")
+    return str(path)
 
 
 def _flat_hparams(cfg: DictConfig, choices: dict | None) -> dict:
@@ -76,12 +106,18 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> 
     """Trains as configured; writes checkpoints/, metrics.json, history.csv and TensorBoard events
     into `run_dir`; returns the metrics."""
     run_dir = Path(run_dir)
-    # Cheap checks first (device, precision, augmentation, optimizer and schedule settings), so a
-    # mistake there stops the run before the dataset is decoded.
+    # Every check that needs no data first (device, precision, optimizer, schedule, augmentation, data
+    # and model settings), so that a mistake stops the run before the dataset is decoded.
+    check_optimizer_config(cfg.optim)
     trainer = build(cfg.trainer)
     augment = build(cfg.aug)
     optimizer, schedule = build(cfg.optim), build(cfg.sched)
-    data = build(cfg.data).setup()
+    data = build(cfg.data)
+    check_model_config(cfg.model, data.channels)
+    check_loss_config(cfg.loss)
+    ckpt_path = resume_checkpoint(cfg, run_dir)
+    atomic_write_json(collect_run_info(trainer.device, trainer.precision), run_dir / "run_info.json")
+    data.setup()
     torch.manual_seed(cfg.seed)  # weight init and dropout
     model = build(cfg.model, num_classes=len(data.classes), in_channels=data.channels)
     criterion = make_criterion(cfg.loss, data.class_counts)
@@ -92,7 +128,7 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> 
     try:
         state = trainer.fit(model, data, optimizer, schedule, augment, criterion,
                             run_dir / "checkpoints", seed=cfg.seed, meta=meta, logger=logger,
-                            ckpt_path=cfg.get("ckpt_path"))
+                            ckpt_path=ckpt_path)
 
         # Honest evaluation: the checkpoint selected on val, evaluated on test once.
         model.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "best.pt")["model"])

@@ -6,8 +6,9 @@ once per epoch (and at most once a second for the progress bar).
 from __future__ import annotations
 
 import logging
-import math
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ from .schedules import Plateau
 log = logging.getLogger(__name__)
 
 MONITORS = ("val/acc", "val/macro_f1", "val/balanced_acc", "val/loss")
+CHECK_EVERY = 50  # steps between reads of the device-side "loss became non-finite" flag (one sync each)
 
 
 @dataclass
@@ -42,6 +44,85 @@ class FitState:
     def as_dict(self) -> dict:
         return {"epoch": self.epoch, "best_value": self.best_value, "best_epoch": self.best_epoch,
                 "bad_epochs": self.bad_epochs, "history": self.history}
+
+
+@dataclass
+class EpochProgress:
+    """How far an epoch got: saved in last.pt when Ctrl-C interrupts it, so a resumed run continues at
+    the next batch, with the same batch order, and ends exactly as an uninterrupted run would."""
+    epoch: int
+    batches_done: int = 0
+    seen: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+    shuffle_state: torch.Tensor | None = None  # the batch-order generator at the start of the epoch
+
+    def as_dict(self) -> dict:
+        return {"epoch": self.epoch, "batches_done": self.batches_done, "seen": self.seen,
+                "loss_sum": self.loss_sum, "correct": self.correct, "shuffle_state": self.shuffle_state}
+
+
+class Interrupted(UserError):
+    """Ctrl-C stopped training; last.pt holds the interrupted epoch."""
+    exit_code = 130
+
+
+class _StopOnSigint:
+    """While active, the first Ctrl-C asks training to stop after the current batch; a second one
+    interrupts at once. (Only in the main thread, where Python delivers signals.)"""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("Ctrl-C: stopping after this batch and saving checkpoints/last.pt (again to abort at once)")
+
+    def __enter__(self) -> _StopOnSigint:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+@dataclass
+class _Session:
+    """Everything one fit() works with, built once."""
+    model: nn.Module
+    step_model: nn.Module  # the model, or its torch.compile wrapper
+    opt: torch.optim.Optimizer
+    scheduler: object
+    per_epoch_scheduler: bool
+    scaler: torch.amp.GradScaler
+    loader: DeviceLoader
+    steps: int
+    augment: Augment | None
+    aug_generator: torch.Generator
+    criterion: nn.Module
+    data: ImageData
+    checkpoint_dir: Path
+    meta: dict
+    logger: object
+    device: torch.device
+
+    def normalization(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return tuple(torch.tensor(v, device=self.device).view(1, -1, 1, 1) for v in (self.data.mean, self.data.std))
+
+    def checkpoint(self, epoch: int, state: FitState, progress: EpochProgress | None = None) -> dict:
+        """Everything to resume (and, with meta, to evaluate and predict), as plain data and tensors."""
+        rng = {"torch": torch.get_rng_state(), "shuffle": self.loader.generator.get_state(),
+               "augment": self.aug_generator.get_state(),
+               "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []}
+        return {"epoch": epoch, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "state": state.as_dict(), "progress": progress.as_dict() if progress else None,
+                "meta": self.meta, "rng": rng}
 
 
 class Trainer:
@@ -124,69 +205,71 @@ class Trainer:
 
         `optimizer` is a partial taking the parameters; `schedule` has .build(optimizer, epochs,
         steps_per_epoch, monitor_mode). Returns the final FitState (best epoch, per-epoch history).
+        Ctrl-C (SIGINT) stops after the current batch, saves last.pt (resumable mid-epoch) and raises
+        Interrupted.
         """
-        logger = logger or NullLogger()
-        checkpoint_dir = Path(checkpoint_dir)
         model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
         criterion.to(self.device)
-        train_loader = data.train_loader(self.device, seed)
-        has_val = "val" in data.splits
-        steps = self._steps_per_epoch(train_loader)
+        loader = data.train_loader(self.device, seed)
+        steps = self._steps_per_epoch(loader)
         opt = optimizer(model.parameters())
-        scheduler = schedule.build(opt, self.max_epochs, steps, self.monitor_mode)
-        per_epoch_scheduler = isinstance(schedule, Plateau)
-        if per_epoch_scheduler and not has_val:
+        run = _Session(
+            model=model, step_model=torch.compile(model) if self.compile else model, opt=opt,
+            scheduler=schedule.build(opt, self.max_epochs, steps, self.monitor_mode),
+            per_epoch_scheduler=isinstance(schedule, Plateau),
+            scaler=torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16"),
+            loader=loader, steps=steps, augment=augment,
+            aug_generator=torch.Generator(self.device).manual_seed(seed + 1),
+            criterion=criterion, data=data, checkpoint_dir=Path(checkpoint_dir), meta=meta or {},
+            logger=logger or NullLogger(), device=self.device)
+        has_val = "val" in data.splits
+        if run.per_epoch_scheduler and not has_val:
             raise ConfigError("sched=plateau needs a validation split; set data.val_split > 0")
-        scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
-        aug_generator = torch.Generator(self.device).manual_seed(seed + 1)
-        state = FitState()
+        state, progress = FitState(), None
         if ckpt_path:
-            state = self._resume(ckpt_path, model, opt, scheduler, scaler, train_loader, aug_generator, data,
-                                 checkpoint_dir)
-        step_model = torch.compile(model) if self.compile else model
-        mean, std = (torch.tensor(v, device=self.device).view(1, -1, 1, 1) for v in (data.mean, data.std))
+            state, progress = self._resume(ckpt_path, run)
         log.info("Training on %s (%s%s) for %d epochs of %d batches of %d", self.device, self.precision,
                  ", channels_last" if self.channels_last else "", self.max_epochs, steps, data.batch_size)
 
-        for epoch in range(state.epoch + 1, self.max_epochs + 1):
-            train = self._train_epoch(step_model, train_loader, steps, opt, scheduler, per_epoch_scheduler,
-                                      scaler, augment, aug_generator, criterion, epoch, mean, std)
-            val = self.evaluate(model, data, "val") if has_val else None
-            lr = opt.param_groups[0]["lr"]
-            record = {"epoch": epoch, "lr": lr, "train/loss": train["loss"], "train/acc": train["acc"],
-                      "train/epoch_time_s": train["time_s"], "train/images_per_s": train["images_per_s"]}
-            if val:
-                record |= {f"val/{k}": val[k] for k in ("loss", "acc", "balanced_acc", "macro_f1")}
-                if per_epoch_scheduler:
-                    scheduler.step(record[self.monitor])
-            state.history.append(record)
-            state.epoch = epoch
-            improved = self._improved(record[self.monitor], state.best_value) if val else True
-            if improved:
-                state.best_value = record[self.monitor] if val else None
-                state.best_epoch, state.bad_epochs = epoch, 0
-            else:
-                state.bad_epochs += 1
+        with _StopOnSigint() as stop:
+            for epoch in range(state.epoch + 1, self.max_epochs + 1):
+                progress = progress or EpochProgress(epoch, shuffle_state=loader.generator.get_state())
+                train = self._train_epoch(run, progress, stop)
+                if train is None:  # interrupted: progress holds where, last.pt lets the run go on from there
+                    save_checkpoint(run.checkpoint_dir / "last.pt", run.checkpoint(epoch - 1, state, progress))
+                    raise Interrupted(f"interrupted in epoch {epoch} after batch {progress.batches_done} of "
+                                      f"{steps}; {run.checkpoint_dir / 'last.pt'} continues it "
+                                      f"(ckpt_path=... with the same overrides)")
+                progress = None
+                val = self.evaluate(model, data, "val") if has_val else None
+                record = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], **train}
+                if val:
+                    record |= {f"val/{k}": val[k] for k in ("loss", "acc", "balanced_acc", "macro_f1")}
+                    if run.per_epoch_scheduler:
+                        run.scheduler.step(record[self.monitor])
+                state.history.append(record)
+                state.epoch = epoch
+                improved = self._improved(record[self.monitor], state.best_value) if val else True
+                if improved:
+                    state.best_value = record[self.monitor] if val else None
+                    state.best_epoch, state.bad_epochs = epoch, 0
+                else:
+                    state.bad_epochs += 1
 
-            content = {"epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                       "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                       "state": state.as_dict(), "meta": meta or {},
-                       "rng": {"torch": torch.get_rng_state(), "shuffle": train_loader.generator.get_state(),
-                               "augment": aug_generator.get_state(),
-                               "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []}}
-            save_checkpoint(checkpoint_dir / "last.pt", content)
-            if improved:
-                save_checkpoint(checkpoint_dir / "best.pt", content)
-
-            logger.log_scalars({k: v for k, v in record.items() if k != "epoch"}, epoch)
-            if val:
-                logger.log_confusion_matrix("val/confusion_matrix", val["confusion_matrix"], data.classes, epoch)
-            self._log_epoch(record, improved and bool(val))
-            if (self.early_stopping_patience is not None and val and not improved
-                    and state.bad_epochs >= self.early_stopping_patience):
-                log.info("Early stopping: %s has not improved for %d epochs (best %.4f at epoch %d)",
-                         self.monitor, state.bad_epochs, state.best_value, state.best_epoch)
-                break
+                content = run.checkpoint(epoch, state)
+                save_checkpoint(run.checkpoint_dir / "last.pt", content)
+                if improved:
+                    save_checkpoint(run.checkpoint_dir / "best.pt", content)
+                run.logger.log_scalars({k: v for k, v in record.items() if k != "epoch"}, epoch)
+                if val:
+                    run.logger.log_confusion_matrix("val/confusion_matrix", val["confusion_matrix"], data.classes,
+                                                    epoch)
+                self._log_epoch(record, improved and bool(val))
+                if (self.early_stopping_patience is not None and val and not improved
+                        and state.bad_epochs >= self.early_stopping_patience):
+                    log.info("Early stopping: %s has not improved for %d epochs (best %.4f at epoch %d)",
+                             self.monitor, state.bad_epochs, state.best_value, state.best_epoch)
+                    break
         return state
 
     @staticmethod
@@ -198,52 +281,71 @@ class Trainer:
             return logits, criterion(logits, labels) + sum(w * criterion(a, labels) for w, a in aux)
         return output, criterion(output, labels)
 
-    def _train_epoch(self, model, loader, steps, opt, scheduler, per_epoch_scheduler, scaler, augment,
-                     generator, criterion, epoch, mean, std) -> dict:
-        model.train()
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        seen, timed_from, timed_start = 0, 0, None
-        bar = tqdm(total=steps, desc=f"epoch {epoch}/{self.max_epochs}", unit="batch", leave=False,
-                   disable=None if self.progress_bar else True, dynamic_ncols=True)
+    def _train_epoch(self, run: _Session, progress: EpochProgress, stop: _StopOnSigint) -> dict | None:
+        """One epoch from `progress` (its start, or where an interrupted run stopped). Returns the epoch's
+        train loss, accuracy, time and images/s, or None when Ctrl-C stopped it (`progress` then says where)."""
+        run.model.train()
+        mean, std = run.normalization()
+        loss_sum = torch.tensor(progress.loss_sum, device=self.device)
+        correct = torch.tensor(progress.correct, device=self.device, dtype=torch.long)
+        # The first step whose loss is not finite, recorded on the device (no sync), read every CHECK_EVERY steps.
+        first_bad = torch.tensor(-1, device=self.device)
+        seen, timed_from, timed_start = progress.seen, progress.seen, None
+        bar = tqdm(total=run.steps, initial=progress.batches_done, desc=f"epoch {progress.epoch}/{self.max_epochs}",
+                   unit="batch", leave=False, disable=None if self.progress_bar else True, dynamic_ncols=True)
+        run.loader.generator.set_state(progress.shuffle_state)
         start = last_postfix = time.perf_counter()
-        for i, (images, labels) in enumerate(loader):
-            if i == steps:
+        for i, (images, labels) in enumerate(run.loader.iterate(progress.batches_done), start=progress.batches_done):
+            if i == run.steps:
                 break
-            x = to_input(images, mean, std, self.channels_last, augment, generator)
+            x = to_input(images, mean, std, self.channels_last, run.augment, run.aug_generator)
             with autocast(self.device, self.precision):
-                logits, loss = self._loss(model(x), labels, criterion)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+                logits, loss = self._loss(run.step_model(x), labels, run.criterion)
+            run.opt.zero_grad(set_to_none=True)
+            run.scaler.scale(loss).backward()
             if self.gradient_clip_val:
-                scaler.unscale_(opt)
-                nn.utils.clip_grad_norm_(model.parameters(), self.gradient_clip_val)
-            scaler.step(opt)
-            scaler.update()
-            if not per_epoch_scheduler:
-                scheduler.step()
-            loss_sum += loss.detach().float() * len(labels)
+                run.scaler.unscale_(run.opt)
+                nn.utils.clip_grad_norm_(run.model.parameters(), self.gradient_clip_val)
+            run.scaler.step(run.opt)
+            run.scaler.update()
+            if not run.per_epoch_scheduler:
+                run.scheduler.step()
+            loss = loss.detach().float()
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), i + 1, first_bad)
+            loss_sum += loss * len(labels)
             correct += (logits.detach().argmax(1) == labels).sum()
             seen += len(labels)
-            if i + 1 == self.warmup_batches:  # steady state starts here: one sync to start the clock
+            if i + 1 - progress.batches_done == self.warmup_batches:  # steady state: one sync to start the clock
                 synchronize(self.device)
                 timed_start, timed_from = time.perf_counter(), seen
             bar.update(1)
+            if (i + 1) % CHECK_EVERY == 0 or i + 1 == run.steps:
+                self._check_finite(first_bad, progress.epoch)
+            if stop.requested:
+                progress.batches_done, progress.seen = i + 1, seen
+                progress.loss_sum, progress.correct = loss_sum.item(), correct.item()
+                bar.close()
+                return None
             if not bar.disable and time.perf_counter() - last_postfix > 1.0:
                 last_postfix = time.perf_counter()
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}",
-                                img_s=f"{seen / (last_postfix - start):.0f}")
+                                img_s=f"{(seen - progress.seen) / (last_postfix - start):.0f}")
         synchronize(self.device)
         end = time.perf_counter()
         bar.close()
+        self._check_finite(first_bad, progress.epoch)
         if timed_start is None or seen == timed_from:  # too few batches to leave warm-up out
-            timed_start, timed_from = start, 0
-        train_loss = loss_sum.item() / seen
-        if not math.isfinite(train_loss):
-            raise UserError(f"the training loss became {train_loss} in epoch {epoch}; lower optim.lr or set "
-                            "trainer.gradient_clip_val (the last good checkpoint is kept)")
-        return {"loss": train_loss, "acc": correct.item() / seen, "time_s": end - start,
-                "images_per_s": (seen - timed_from) / max(end - timed_start, 1e-9)}
+            timed_start, timed_from = start, progress.seen
+        return {"train/loss": loss_sum.item() / seen, "train/acc": correct.item() / seen,
+                "train/epoch_time_s": end - start,
+                "train/images_per_s": (seen - timed_from) / max(end - timed_start, 1e-9)}
+
+    @staticmethod
+    def _check_finite(first_bad: torch.Tensor, epoch: int) -> None:
+        step = int(first_bad.item())
+        if step >= 0:
+            raise UserError(f"the training loss became NaN or infinite in epoch {epoch} at step {step}; lower "
+                            "optim.lr or set trainer.gradient_clip_val (the last good checkpoint is kept)")
 
     def _log_epoch(self, record: dict, best: bool) -> None:
         line = (f"epoch {record['epoch']}/{self.max_epochs}  train loss {record['train/loss']:.4f} "
@@ -255,34 +357,41 @@ class Trainer:
                  f"{record['train/images_per_s']:.0f} img/s")
         log.info(line + ("  *" if best else ""))
 
-    def _resume(self, ckpt_path, model, opt, scheduler, scaler, train_loader, aug_generator, data,
-                checkpoint_dir: Path) -> FitState:
+    def _resume(self, ckpt_path, run: _Session) -> tuple[FitState, EpochProgress | None]:
+        """Restores model, optimizer, schedule, RNG streams and selection state; for a checkpoint of an
+        interrupted epoch, also where in that epoch to go on."""
         ckpt = load_checkpoint(ckpt_path, map_location=self.device)
         saved_classes = ckpt["meta"].get("data", {}).get("classes")
-        if saved_classes is not None and saved_classes != data.classes:
+        if saved_classes is not None and saved_classes != run.data.classes:
             raise UserError(f"checkpoint {ckpt_path} was trained on classes {saved_classes}, "
-                            f"but the data has {data.classes}")
+                            f"but the data has {run.data.classes}")
         try:
-            model.load_state_dict(ckpt["model"])
+            run.model.load_state_dict(ckpt["model"])
         except RuntimeError as exc:
             raise UserError(f"checkpoint {ckpt_path} does not fit this model (pass the same model overrides "
                             f"as the run that wrote it): {str(exc).splitlines()[0]}") from None
-        opt.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
+        run.opt.load_state_dict(ckpt["optimizer"])
+        run.scheduler.load_state_dict(ckpt["scheduler"])
+        run.scaler.load_state_dict(ckpt["scaler"])
         rng = ckpt["rng"]
         torch.set_rng_state(rng["torch"].cpu())
-        train_loader.generator.set_state(rng["shuffle"].cpu())
-        aug_generator.set_state(rng["augment"].cpu())
+        run.loader.generator.set_state(rng["shuffle"].cpu())
+        run.aug_generator.set_state(rng["augment"].cpu())
         if rng["cuda"] and self.device.type == "cuda":
             torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
         state = FitState(**ckpt["state"])
-        self._carry_over_best(Path(ckpt_path), ckpt, state, checkpoint_dir)
-        log.info("Resumed from %s at epoch %d (best %s %s at epoch %d)", ckpt_path, state.epoch, self.monitor,
+        progress = EpochProgress(**ckpt["progress"]) if ckpt.get("progress") else None
+        if progress:
+            progress.shuffle_state = progress.shuffle_state.cpu()
+        self._carry_over_best(Path(ckpt_path), ckpt, state, run.checkpoint_dir)
+        where = f"epoch {state.epoch}" + (f", batch {progress.batches_done} of epoch {progress.epoch}"
+                                          if progress else "")
+        log.info("Resumed from %s at %s (best %s %s at epoch %d)", ckpt_path, where, self.monitor,
                  state.best_value, state.best_epoch)
-        return state
+        return state, progress
 
-    def _carry_over_best(self, ckpt_path: Path, ckpt: dict, state: FitState, checkpoint_dir: Path) -> None:
+    @staticmethod
+    def _carry_over_best(ckpt_path: Path, ckpt: dict, state: FitState, checkpoint_dir: Path) -> None:
         """The resumed run's checkpoints/ starts with the best checkpoint so far, so that selection
         continues across the interruption: best.pt beside the resumed file, or the file itself if it
         was the best epoch."""

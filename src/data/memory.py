@@ -1,0 +1,46 @@
+"""Memory budgets: decoded datasets must fit in host memory (checked before decoding), and live on
+the training device only when they fit its budget (otherwise batches are copied from host memory)."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ..errors import DataError
+
+# Leave room for the model, activations and everything else the process and the system need.
+HOST_FRACTION = 0.6
+DEVICE_FRACTION = 0.5
+
+
+def available_host_bytes() -> int:
+    """Memory available to new allocations (Linux MemAvailable; elsewhere the free physical pages)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def check_fits_in_host_memory(count: int, channels: int, size: int, what: str) -> None:
+    """Raises DataError before decoding when `count` decoded images would not fit in memory."""
+    needed = count * channels * size * size
+    available = available_host_bytes()
+    if needed > HOST_FRACTION * available:
+        raise DataError(f"decoding {count:,} images of {channels}x{size}x{size} from {what} needs "
+                        f"{needed / 2**30:.1f} GiB, more than {HOST_FRACTION:.0%} of the {available / 2**30:.1f} GiB "
+                        "of memory available; lower data.image_size, use data.channels=1, or select fewer "
+                        "images (data.classes, data.per_class_limit)")
+
+
+def device_budget_bytes(device: torch.device, budget_gb: float | None = None) -> int | None:
+    """How many bytes of dataset may live on `device`: `budget_gb`, or half of a GPU's memory.
+    None on the CPU, where the dataset is in host memory anyway."""
+    if budget_gb is not None:
+        return int(budget_gb * 2**30)
+    if device.type == "cuda":
+        return int(DEVICE_FRACTION * torch.cuda.get_device_properties(device).total_memory)
+    return None
