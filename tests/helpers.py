@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import struct
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -118,3 +120,25 @@ def read_fer(csv: Path, cache_dir: Path | None = None, **kwargs) -> Fer2013Data:
     kwargs = {"channels": 1, "image_size": 48, **kwargs}
     return Fer2013Data(root=str(csv.parent / "unused"), csv=str(csv),
                        cache_dir=str(cache_dir) if cache_dir else None, **kwargs).setup()
+
+
+# -- hand-made bad files -------------------------------------------------------------------------------
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def write_blank_png(path: Path, width: int, height: int, complete: bool = True) -> Path:
+    """A black 1-bit grayscale PNG of any declared size, written chunk by chunk so that it stays small.
+
+    complete=True writes every (blank) row: a well-formed file, about width * height / 8000 bytes.
+    complete=False writes the header and a single row, for sizes too large to write at all.
+    """
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # bit depth 1, grayscale, no interlace
+    row = b"\x00" + bytes((width + 7) // 8)  # filter type 0, then the packed pixels
+    stream = zlib.compressobj(9)
+    data = b"".join(stream.compress(row) for _ in range(height if complete else 1)) + stream.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", data)
+                     + _png_chunk(b"IEND", b""))
+    return path

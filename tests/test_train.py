@@ -354,6 +354,10 @@ BAD_VALUES = [
     pytest.param("model=resnext3 model.num_stages=0", "model.num_stages=0", id="num_stages"),
     pytest.param("sched=step sched.step_size=0", "sched.step_size=0", id="step_size"),
     pytest.param("loss.label_smoothing=1.0", "loss.label_smoothing=1.0", id="label_smoothing"),
+    pytest.param("optim.lr=0", "optim.lr=0", id="lr_zero"),
+    pytest.param("optim.lr=-1", "optim.lr=-1", id="lr_negative"),
+    pytest.param("data.batch_size=0", "data.batch_size=0", id="batch_size"),
+    pytest.param("data.image_size=4", "data.image_size=4", id="image_size"),
 ]
 
 
@@ -372,12 +376,22 @@ def test_invalid_config_value_raises_config_error(tmp_path, tiny_root, override,
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-def test_cheap_config_checks_come_before_reading_the_dataset(tmp_path):
-    """A bad trainer/aug/optim/sched value is reported even when the dataset is missing (nothing is decoded)."""
-    for override in ("trainer.precision=fp16", "aug.crop.padding_mode=wrap", "sched=step sched.step_size=0"):
-        cfg = compose_train(fast_overrides(tmp_path / "missing", tmp_path / "cache", "aug=basic", *override.split()))
-        with pytest.raises(ConfigError):
-            train(cfg, tmp_path / "run")
+CHECKED_BEFORE_DATA = [
+    "trainer.precision=fp16", "aug.crop.padding_mode=wrap", "sched=step sched.step_size=0", "optim.lr=0",
+    "optim.lr=-0.1", "data.batch_size=0", "data.val_split=1.0", "data.val_split=-0.1", "data.image_size=4",
+    "data.channels=2", "model=resnext3 model.num_stages=0", "model.dropout=1.0", "model.dropout=-0.5",
+    "loss.class_weights=sometimes",
+    *([] if torch.cuda.is_available() else ["trainer.device=cuda"]),
+]
+
+
+@pytest.mark.parametrize("override", CHECKED_BEFORE_DATA)
+def test_config_checks_come_before_reading_the_dataset(tmp_path, override):
+    """A bad value is reported as a ConfigError even when the dataset is missing: nothing was read."""
+    cfg = compose_train(fast_overrides(tmp_path / "missing", tmp_path / "cache", "aug=basic", *override.split()))
+    with pytest.raises(ConfigError, match=re.escape(override.split()[-1].split("=")[0])):
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, make_folder, train_cfg):

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from ..errors import BadImageError, DataError
 from .cache import cache_key, cached_decode
 from .images import IMAGE_EXTENSIONS, decode_image, resize_uint8, to_channels
+from .memory import check_fits_in_host_memory
 
 log = logging.getLogger(__name__)
 
@@ -52,26 +53,30 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def _refuse_broken_link(path: str | Path) -> None:
-    # A class or split folder linked from an unmounted drive would otherwise drop out of the dataset unnoticed.
-    if os.path.islink(path) and not os.path.exists(path):
+def _is_loop(path: str | Path, chain: tuple[str, ...]) -> bool:
+    """Whether the folder at `path` resolves to one of the real folders `chain` or to a folder holding one."""
+    target = os.path.realpath(path)
+    return any(os.path.commonpath([target, real]) == target for real in chain)
+
+
+def _check_link(path: str | Path, folder: str | Path) -> None:
+    """Refuses a class or split folder that is a broken symlink or a symlink to `folder` (which holds it) or above."""
+    if not os.path.islink(path):
+        return
+    if not os.path.exists(path):  # on an unmounted drive, say: it would drop out of the dataset unnoticed
         raise DataError(f"{path} is a broken symlink (its target {os.readlink(path)} does not exist)")
+    if _is_loop(path, (os.path.realpath(folder),)):  # it would bring every other class into this one
+        raise DataError(f"{path} is a symlink to {os.path.realpath(path)}, which holds it (a loop)")
 
 
 def _class_dirs(folder: Path) -> list[str]:
     names = []
     for e in os.scandir(folder):
         if not _is_hidden(e.name):
-            _refuse_broken_link(e.path)
+            _check_link(e.path, folder)
             if e.is_dir():
                 names.append(e.name)
     return sorted(names)
-
-
-def _is_loop(path: str, chain: tuple[str, ...]) -> bool:
-    """Whether the folder at `path` resolves to one of the real folders `chain` or to a folder holding one."""
-    target = os.path.realpath(path)
-    return any(os.path.commonpath([target, real]) == target for real in chain)
 
 
 def find_images(folder: Path) -> list[str]:
@@ -101,7 +106,7 @@ def _scan(root: Path) -> tuple[list[str], list[tuple[str, int, str]]]:
     if not root.is_dir():
         raise DataError(f"dataset folder {root} does not exist; set data.root=PATH to the dataset folder")
     for split in SPLITS:
-        _refuse_broken_link(root / split)
+        _check_link(root / split, root)
     has_splits = (root / "train").is_dir()
     split_dirs = {s: root / s for s in SPLITS if (root / s).is_dir()} if has_splits else {"all": root}
     main_dir = split_dirs["train" if has_splits else "all"]
@@ -123,7 +128,20 @@ def _scan(root: Path) -> tuple[list[str], list[tuple[str, int, str]]]:
             if not files and split_dir == main_dir:
                 raise DataError(f"class folder {split_dir / name} has no images")
             entries.extend((split, classes.index(name), f) for f in files)
+    _check_no_file_in_two_places(entries)
     return classes, entries
+
+
+def _check_no_file_in_two_places(entries: list[tuple[str, int, str]]) -> None:
+    """One real file reached (through links) from two splits would leak test or validation images into
+    training; from two classes it would have two labels. Twice in one class is allowed (oversampling)."""
+    seen: dict[str, tuple[str, int, str]] = {}
+    for split, label, path in entries:
+        real = os.path.realpath(path)
+        first = seen.setdefault(real, (split, label, path))
+        if first[:2] != (split, label):
+            raise DataError(f"{path} and {first[2]} are the same file ({real}) in two "
+                            f"{'splits' if first[0] != split else 'classes'}; remove one of the links")
 
 
 def _file_stat(path: str) -> tuple[int, int]:
@@ -154,6 +172,7 @@ def read_folder(root: str | os.PathLike, channels: int, image_size: int, cache_d
     root = Path(root).expanduser()
     classes, entries = _scan(root)
     paths = [path for _, _, path in entries]
+    check_fits_in_host_memory(len(paths), channels, image_size, str(root))
     stats = [_file_stat(p) for p in paths]
     key = cache_key("folder", str(root.resolve()), channels, image_size,
                     [[s, c, os.path.relpath(p, root), *st] for (s, c, p), st in zip(entries, stats)])
