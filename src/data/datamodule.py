@@ -31,7 +31,7 @@ class ImageData:
                  val_split: float = 0.1, test_split: float = 0.1, split_seed: int = 0,
                  classes: list[str] | None = None, per_class_limit: Mapping | None = None,
                  balanced: bool = False, mean: list[float] | None = None, std: list[float] | None = None,
-                 device_budget_gb: float | None = None, cache_dir: str | None = None):
+                 max_device_bytes: float | None = None, cache_dir: str | None = None):
         checks = [
             (channels in (1, 3), "data.channels", channels, "must be 1 or 3"),
             (image_size >= 8, "data.image_size", image_size, "must be at least 8"),
@@ -50,7 +50,7 @@ class ImageData:
         self.per_class_limit = dict(per_class_limit) if per_class_limit else {}
         self.balanced = balanced
         self.mean, self.std = mean, std
-        self.device_budget_gb, self.cache_dir = device_budget_gb, cache_dir
+        self.max_device_bytes, self.cache_dir = max_device_bytes, cache_dir
         self.classes: list[str] = []
         self.splits: dict[str, Split] = {}
 
@@ -127,11 +127,11 @@ class ImageData:
         return torch.bincount(self.splits["train"].labels, minlength=len(self.classes))
 
     def train_loader(self, device: torch.device | str, seed: int) -> DeviceLoader:
-        budget = device_budget_bytes(torch.device(device), self.device_budget_gb)
+        budget = device_budget_bytes(torch.device(device), self.max_device_bytes)
         loader = DeviceLoader(self.splits["train"], self.batch_size, device, shuffle=True,
                               balanced=self.balanced, drop_last=True, seed=seed, budget_bytes=budget)
         if not loader.on_device:
-            log.warning("The training split (%.2f GiB) is over the device budget (%.2f GiB, data.device_budget_gb): "
+            log.warning("The training split (%.2f GiB) is over the device budget (%.2f GiB, data.max_device_bytes): "
                         "it stays in host memory and batches are copied to %s", loader.images.nbytes / 2**30,
                         budget / 2**30, device)
         return loader

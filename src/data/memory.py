@@ -36,11 +36,11 @@ def check_fits_in_host_memory(count: int, channels: int, size: int, what: str) -
                         "images (data.classes, data.per_class_limit)")
 
 
-def device_budget_bytes(device: torch.device, budget_gb: float | None = None) -> int | None:
-    """How many bytes of dataset may live on `device`: `budget_gb`, or half of a GPU's memory.
+def device_budget_bytes(device: torch.device, max_device_bytes: float | None = None) -> int | None:
+    """How many bytes of dataset may live on `device`: `max_device_bytes`, or half of a GPU's memory.
     None on the CPU, where the dataset is in host memory anyway."""
-    if budget_gb is not None:
-        return int(budget_gb * 2**30)
+    if max_device_bytes is not None:
+        return int(max_device_bytes)
     if device.type == "cuda":
         return int(DEVICE_FRACTION * torch.cuda.get_device_properties(device).total_memory)
     return None

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from sklearn.metrics import roc_auc_score
 
 from ..config import build
 from ..data import Split
@@ -43,6 +42,8 @@ class Evaluation:
 def roc_auc(labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict:
     """One-vs-rest ROC AUC per class (None for a class absent from, or alone in, the split) and their
     mean over the classes where it is defined (macro AUC)."""
+    from sklearn.metrics import roc_auc_score  # imported on first use: see metrics.classification_metrics
+
     per_class = {}
     for c, name in enumerate(classes):
         positive = labels == c

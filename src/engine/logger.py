@@ -10,9 +10,18 @@ class TensorBoardLogger:
     """Writes event files into the run directory, so `tensorboard --logdir outputs` finds every run."""
 
     def __init__(self, log_dir: str | os.PathLike, flush_secs: int = 30):
-        from torch.utils.tensorboard import SummaryWriter
+        self.log_dir, self.flush_secs = str(log_dir), flush_secs
+        self._writer = None
 
-        self.writer = SummaryWriter(log_dir=str(log_dir), flush_secs=flush_secs)
+    @property
+    def writer(self):
+        """Created on first use: importing TensorBoard takes about a second that the first training
+        step should not wait for."""
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=self.log_dir, flush_secs=self.flush_secs)
+        return self._writer
 
     def log_scalars(self, metrics: dict[str, float], step: int) -> None:
         for tag, value in metrics.items():
@@ -36,7 +45,8 @@ class TensorBoardLogger:
             self.writer.add_scalar(tag, value, 0)
 
     def close(self) -> None:
-        self.writer.close()
+        if self._writer is not None:
+            self._writer.close()
 
 
 class NullLogger:

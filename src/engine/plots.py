@@ -1,21 +1,32 @@
 """Figures for TensorBoard and the run directory (matplotlib, no display needed)."""
 from __future__ import annotations
 
-import matplotlib
+from typing import TYPE_CHECKING
 
-matplotlib.use("Agg")  # render off-screen: runs happen on headless machines
+import numpy as np
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
-def confusion_matrix_figure(matrix: list[list[int]], classes: list[str], title: str = "") -> plt.Figure:
+def _pyplot():
+    """matplotlib, imported on first use (about 0.5 s, not worth paying before training starts),
+    rendering off-screen: runs happen on headless machines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def confusion_matrix_figure(matrix: list[list[int]], classes: list[str], title: str = "") -> Figure:
     """Counts (left) and row-normalized recall per true class (right); rows = true, columns = predicted."""
     counts = np.asarray(matrix)
     rows = counts.sum(1, keepdims=True)
     normalized = np.divide(counts, rows, out=np.zeros_like(counts, dtype=float), where=rows > 0)
     size = max(4.0, 0.55 * len(classes) + 2)
-    fig, axes = plt.subplots(1, 2, figsize=(2 * size + 1, size), constrained_layout=True)
+    fig, axes = _pyplot().subplots(1, 2, figsize=(2 * size + 1, size), constrained_layout=True)
     for ax, values, fmt, name in ((axes[0], counts, "d", "counts"), (axes[1], normalized, ".2f", "row-normalized")):
         ax.imshow(normalized, cmap="Blues", vmin=0, vmax=1)
         ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
@@ -31,13 +42,13 @@ def confusion_matrix_figure(matrix: list[list[int]], classes: list[str], title: 
     return fig
 
 
-def save_figure(fig: plt.Figure, path) -> None:
+def save_figure(fig: Figure, path) -> None:
     fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _pyplot().close(fig)
 
 
 def _curves_figure(title: str, xlabel: str, ylabel: str):
-    fig, ax = plt.subplots(figsize=(6.5, 5.5), constrained_layout=True)
+    fig, ax = _pyplot().subplots(figsize=(6.5, 5.5), constrained_layout=True)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_xlim(0, 1)
@@ -47,7 +58,7 @@ def _curves_figure(title: str, xlabel: str, ylabel: str):
     return fig, ax
 
 
-def roc_figure(labels: np.ndarray, probs: np.ndarray, classes: list[str], aucs: dict, title: str = "") -> plt.Figure:
+def roc_figure(labels: np.ndarray, probs: np.ndarray, classes: list[str], aucs: dict, title: str = "") -> Figure:
     """One-vs-rest ROC curve per class, with its AUC in the legend."""
     from sklearn.metrics import roc_curve
 
@@ -62,7 +73,7 @@ def roc_figure(labels: np.ndarray, probs: np.ndarray, classes: list[str], aucs: 
     return fig
 
 
-def pr_figure(labels: np.ndarray, probs: np.ndarray, classes: list[str], title: str = "") -> plt.Figure:
+def pr_figure(labels: np.ndarray, probs: np.ndarray, classes: list[str], title: str = "") -> Figure:
     """One-vs-rest precision-recall curve per class, with its average precision in the legend."""
     from sklearn.metrics import average_precision_score, precision_recall_curve
 
@@ -79,7 +90,7 @@ def pr_figure(labels: np.ndarray, probs: np.ndarray, classes: list[str], title: 
 
 
 def misclassified_figure(images, labels: np.ndarray, probs: np.ndarray, classes: list[str],
-                         count: int = 36) -> plt.Figure:
+                         count: int = 36) -> Figure:
     """A grid of the most confident mistakes: each image with its true label, the predicted one and
     the predicted probability."""
     predicted = probs.argmax(1)
@@ -87,7 +98,7 @@ def misclassified_figure(images, labels: np.ndarray, probs: np.ndarray, classes:
     worst = wrong[np.argsort(-probs[wrong, predicted[wrong]])][:count]
     cols = max(1, min(6, len(worst)))
     rows = max(1, -(-len(worst) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(max(1.9 * cols, 4.5), 2.2 * rows + 0.4), squeeze=False,
+    fig, axes = _pyplot().subplots(rows, cols, figsize=(max(1.9 * cols, 4.5), 2.2 * rows + 0.4), squeeze=False,
                              constrained_layout=True)
     for ax in axes.flat:
         ax.axis("off")
@@ -102,12 +113,12 @@ def misclassified_figure(images, labels: np.ndarray, probs: np.ndarray, classes:
     return fig
 
 
-def pca_figure(features: np.ndarray, labels: np.ndarray, classes: list[str], title: str = "") -> plt.Figure:
+def pca_figure(features: np.ndarray, labels: np.ndarray, classes: list[str], title: str = "") -> Figure:
     """The first two principal components of the features, coloured by true class."""
     from sklearn.decomposition import PCA
 
     points = PCA(n_components=2).fit_transform(features)
-    fig, ax = plt.subplots(figsize=(6.5, 5.5), constrained_layout=True)
+    fig, ax = _pyplot().subplots(figsize=(6.5, 5.5), constrained_layout=True)
     for c, name in enumerate(classes):
         mask = labels == c
         ax.scatter(points[mask, 0], points[mask, 1], s=6, alpha=0.6, label=name)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+from pathlib import Path
 
 import torch
 
@@ -66,3 +68,14 @@ def synchronize(device: torch.device) -> None:
     """Waits for queued device work; used only to take timings, never per batch."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def seconds_since_process_start() -> float | None:
+    """Wall-clock seconds since this process started (Linux /proc, 10 ms resolution), for the
+    startup-time log line."""
+    try:
+        ticks = os.sysconf("SC_CLK_TCK")
+        started = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19]) / ticks
+        return float(Path("/proc/uptime").read_text().split()[0]) - started
+    except (OSError, ValueError, IndexError):
+        return None

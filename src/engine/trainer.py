@@ -23,7 +23,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .evaluation import evaluate_split
 from .inference import Predictor, to_input
 from .logger import NullLogger
-from .runtime import autocast, resolve_device, resolve_precision, synchronize
+from .runtime import autocast, resolve_device, resolve_precision, seconds_since_process_start, synchronize
 from .schedules import Plateau
 
 log = logging.getLogger(__name__)
@@ -110,6 +110,7 @@ class _Session:
     meta: dict
     logger: object
     device: torch.device
+    first_step_started: float | None = None  # seconds after the process started
 
     def normalization(self) -> tuple[torch.Tensor, torch.Tensor]:
         return tuple(torch.tensor(v, device=self.device).view(1, -1, 1, 1) for v in (self.data.mean, self.data.std))
@@ -298,6 +299,7 @@ class Trainer:
         for i, (images, labels) in enumerate(run.loader.iterate(progress.batches_done), start=progress.batches_done):
             if i == run.steps:
                 break
+            started_at = seconds_since_process_start() if run.first_step_started is None else None
             x = to_input(images, mean, std, self.channels_last, run.augment, run.aug_generator)
             with autocast(self.device, self.precision):
                 logits, loss = self._loss(run.step_model(x), labels, run.criterion)
@@ -319,6 +321,8 @@ class Trainer:
                 synchronize(self.device)
                 timed_start, timed_from = time.perf_counter(), seen
             bar.update(1)
+            if run.first_step_started is None:
+                self._log_first_step(run, started_at)
             if (i + 1) % CHECK_EVERY == 0 or i + 1 == run.steps:
                 self._check_finite(first_bad, progress.epoch)
             if stop.requested:
@@ -339,6 +343,15 @@ class Trainer:
         return {"train/loss": loss_sum.item() / seen, "train/acc": correct.item() / seen,
                 "train/epoch_time_s": end - start,
                 "train/images_per_s": (seen - timed_from) / max(end - timed_start, 1e-9)}
+
+    def _log_first_step(self, run: _Session, started_at: float | None) -> None:
+        """How long the process took to start training (the startup budget), and its first step."""
+        run.first_step_started = started_at if started_at is not None else -1.0
+        synchronize(self.device)
+        done = seconds_since_process_start()
+        if started_at is not None and done is not None:
+            log.info("First training step started %.1f s after the process started (done at %.1f s)",
+                     started_at, done)
 
     @staticmethod
     def _check_finite(first_bad: torch.Tensor, epoch: int) -> None:

@@ -23,16 +23,22 @@ resnext50_32x4d 22.99M, wide_resnet50_2 66.84M, densenet121 6.95M.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.error import URLError
 from urllib.parse import urlparse
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torchvision
 
 from ..errors import ConfigError, UserError
 from .common import check_dropout, resolve_stem
+
+if TYPE_CHECKING:
+    import torchvision
+
+# torchvision is imported where it is used: importing it costs about 1.5 s (it loads torch._dynamo),
+# which every run would otherwise pay before its first training step.
 
 # Where each family keeps its first conv, first max-pool and classifier.
 RESNET_LAYOUT = {"conv": "conv1", "pool": "maxpool", "head": "fc"}
@@ -106,6 +112,8 @@ class TorchvisionNet(nn.Module):
 
     @staticmethod
     def _build(arch: str, pretrained: bool) -> nn.Module:
+        import torchvision
+
         if not pretrained:
             return torchvision.models.get_model(arch, weights=None)
         weights = torchvision.models.get_model_weights(arch).DEFAULT
@@ -125,7 +133,7 @@ class TorchvisionNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The globally pooled features fed to the classifier (torchvision's forward up to the head)."""
         net = self.net
-        if isinstance(net, torchvision.models.DenseNet):
+        if self.layout is DENSENET_LAYOUT:
             return torch.flatten(F.adaptive_avg_pool2d(F.relu(net.features(x)), 1), 1)
         x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
         x = net.layer4(net.layer3(net.layer2(net.layer1(x))))

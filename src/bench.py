@@ -1,0 +1,29 @@
+"""Benchmark the runner against plain PyTorch loops: `python -m src.bench model=resnet18 [trainer.precision=bf16]`.
+
+Takes the training config (every train.yaml group and key) plus the `bench` node of conf/bench.yaml.
+"""
+from __future__ import annotations
+
+import logging
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from .engine.bench import run_benchmark
+from .entry import run_or_exit
+
+log = logging.getLogger("src.bench")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="bench")
+def main(cfg: DictConfig) -> None:
+    hydra_cfg = HydraConfig.get()
+    overrides = [o for o in hydra_cfg.overrides.task if not o.startswith("bench.")]
+    run_or_exit(lambda: run_benchmark(cfg, hydra_cfg.runtime.output_dir, overrides,
+                                      hydra_cfg.runtime.choices.get("model")), log)
+    log.info("Results in %s", hydra_cfg.runtime.output_dir)
+
+
+if __name__ == "__main__":
+    main()
