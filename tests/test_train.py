@@ -5,6 +5,7 @@ import argparse
 import csv
 import math
 import re
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -404,3 +405,18 @@ def test_diverging_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_pat
     assert last["epoch"] == 1
     assert all(torch.isfinite(t).all() for t in last["model"].values())
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("optimizer, device, expected", [
+    (torch.optim.SGD, "cuda", {"fused": True}),
+    (torch.optim.AdamW, "cuda", {"fused": True}),
+    (torch.optim.AdamW, "cpu", {}),
+    (torch.optim.RMSprop, "cuda", {}),  # no fused kernel: nothing to ask for
+])
+def test_fused_optimizer_only_on_cuda(optimizer, device, expected):
+    assert trainer_module.fused_on_cuda(partial(optimizer, lr=0.1), torch.device(device)) == expected
+
+
+def test_fused_choice_in_the_config_is_kept():
+    chosen = partial(torch.optim.Adam, lr=0.1, fused=False)
+    assert trainer_module.fused_on_cuda(chosen, torch.device("cuda")) == {}
