@@ -5,10 +5,10 @@ once per epoch (and at most once a second for the progress bar).
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import shutil
 import signal
-import inspect
 import threading
 import time
 from dataclasses import dataclass, field
