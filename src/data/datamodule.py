@@ -5,11 +5,16 @@ dataset does not ship (a stratified, seeded fraction of train for val; of everyt
 flat layout), applies class selection and per-class caps, and computes the normalization on train.
 The splits depend on `split_seed` only, never on the training `seed`: changing the seed of a run
 (or of an ensemble member) never changes which images are validated or tested on.
+
+With `folds=k` (k-fold cross-validation) every split the reader returned is pooled and cut into k
+stratified folds; fold `fold` is the test split and the other folds are train, from which val is held
+out as usual. With `group_regex` the folds and the val holdout keep each group (subject) whole.
 """
 from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -19,7 +24,7 @@ from ..errors import ConfigError, DataError
 from .loader import DeviceLoader
 from .memory import device_budget_bytes
 from .sources import RawData, Split, read_digits, read_fer2013_csv, read_folder
-from .splits import limit_per_class, stratified_holdout
+from .splits import assign_folds, group_holdout, limit_per_class, stratified_holdout
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +36,9 @@ class ImageData:
                  val_split: float = 0.1, test_split: float = 0.1, split_seed: int = 0,
                  classes: list[str] | None = None, per_class_limit: Mapping | None = None,
                  balanced: bool = False, mean: list[float] | None = None, std: list[float] | None = None,
-                 max_device_bytes: float | None = None, cache_dir: str | None = None):
+                 max_device_bytes: float | None = None, cache_dir: str | None = None, folds: int | None = None,
+                 fold: int = 0, group_regex: str | None = None):
+        folds_ok = folds is None or (type(folds) is int and folds >= 2)  # type(): not a bool, not a float
         checks = [
             (channels in (1, 3), "data.channels", channels, "must be 1 or 3"),
             (image_size >= 8, "data.image_size", image_size, "must be at least 8"),
@@ -39,6 +46,12 @@ class ImageData:
             (eval_batch_size >= 1, "data.eval_batch_size", eval_batch_size, "must be at least 1"),
             (0 <= val_split < 1, "data.val_split", val_split, "must be in [0, 1)"),
             (0 <= test_split < 1, "data.test_split", test_split, "must be in [0, 1)"),
+            (folds_ok, "data.folds", folds, "must be null (no cross-validation) or an integer >= 2"),
+            # A fold without folds would silently train the same split in every job of a fold sweep.
+            (type(fold) is int and (0 <= fold < folds if folds_ok and folds else fold == 0), "data.fold", fold,
+             "must be in [0, data.folds)" if folds else "needs data.folds (cross-validation is off)"),
+            (group_regex is None or folds is not None, "data.group_regex", group_regex,
+             "needs data.folds: groups are only used to keep them whole in cross-validation folds"),
         ]
         for ok, key, value, rule in checks:
             if not ok:
@@ -51,6 +64,12 @@ class ImageData:
         self.balanced = balanced
         self.mean, self.std = mean, std
         self.max_device_bytes, self.cache_dir = max_device_bytes, cache_dir
+        self.folds, self.fold = folds, fold
+        try:
+            self.group_regex = re.compile(group_regex) if group_regex is not None else None
+        except re.error as exc:
+            raise ConfigError(f"data.group_regex={group_regex} is invalid: it is not a regular expression "
+                              f"({exc})") from None
         self.classes: list[str] = []
         self.splits: dict[str, Split] = {}
 
@@ -62,14 +81,20 @@ class ImageData:
     def setup(self) -> ImageData:
         raw = self.read()
         splits = dict(raw.splits)
-        if "all" in splits:  # no shipped splits: hold out test, then val, both stratified and seeded
+        if self.folds:
+            splits = self._cross_validation_fold(splits, raw.classes)
+        elif "all" in splits:  # no shipped splits: hold out test, then val, both stratified and seeded
             rest = splits.pop("all")
             if self.test_split > 0:
                 keep, held = stratified_holdout(rest.labels, self.test_split, self.split_seed)
                 rest, splits["test"] = rest.subset(keep), rest.subset(held)
             splits["train"] = rest
         if "val" not in splits and self.val_split > 0:
-            keep, held = stratified_holdout(splits["train"].labels, self.val_split, self.split_seed + 1)
+            train = splits["train"]
+            if self.group_regex:  # a subject in both train and val would make val (and selection) optimistic
+                keep, held = group_holdout(train.labels, self._group_ids(train), self.val_split, self.split_seed + 1)
+            else:
+                keep, held = stratified_holdout(train.labels, self.val_split, self.split_seed + 1)
             splits["train"], splits["val"] = splits["train"].subset(keep), splits["train"].subset(held)
         self.classes = raw.classes
         if self.selected_classes:
@@ -91,6 +116,45 @@ class ImageData:
         log.info("Data: %d classes (%s); %s images of %dx%dx%d", len(self.classes), ", ".join(self.classes),
                  sizes, self.channels, self.image_size, self.image_size)
         return self
+
+    def _cross_validation_fold(self, splits: dict[str, Split], classes: list[str]) -> dict[str, Split]:
+        """Pools every split the reader returned (a shipped val/ and test/ too, so that the k test parts
+        partition the whole dataset) and returns fold `fold` as test, the other folds as train."""
+        parts = list(splits.values())
+        pool = Split(torch.cat([s.images for s in parts]), torch.cat([s.labels for s in parts]),
+                     [file for s in parts for file in s.files])
+        counts = torch.bincount(pool.labels, minlength=len(classes)).tolist()
+        # Only the classes trained on matter (unknown data.classes names are reported by _select_classes).
+        used = [classes.index(c) for c in self.selected_classes or classes if c in classes]
+        smallest = min(used, key=counts.__getitem__, default=None)
+        if smallest is not None and counts[smallest] < self.folds:
+            raise DataError(f"data.folds={self.folds} is more than the {counts[smallest]} images of class "
+                            f"{classes[smallest]!r}: every fold needs one to test; lower data.folds")
+        groups = self._group_ids(pool) if self.group_regex else None
+        n_groups = len(set(groups)) if groups else 0
+        if groups and n_groups < self.folds:
+            raise DataError(f"data.folds={self.folds} is more than the {n_groups} groups data.group_regex="
+                            f"{self.group_regex.pattern} finds: every fold needs one; lower data.folds")
+        fold_of = assign_folds(pool.labels, self.folds, self.split_seed, groups)
+        test = pool.subset((fold_of == self.fold).nonzero().flatten())
+        log.info("Cross-validation: fold %d of %d (data.split_seed=%d%s) is the test split, %d of %d pooled "
+                 "images; train and val come from the other %d", self.fold, self.folds, self.split_seed,
+                 f", {n_groups} groups by data.group_regex" if groups else "", len(test), len(pool),
+                 len(pool) - len(test))
+        return {"train": pool.subset((fold_of != self.fold).nonzero().flatten()), "test": test}
+
+    def _group_ids(self, split: Split) -> list[str]:
+        """Each image's group: group_regex searched in its file's base name; the first capture group, or
+        the whole match when the pattern has none."""
+        ids = []
+        for file in split.files:
+            match = self.group_regex.search(os.path.basename(file))
+            group = match and match.group(1 if self.group_regex.groups else 0)
+            if group is None:
+                raise DataError(f"{file}: its name does not match data.group_regex={self.group_regex.pattern}, "
+                                "so it has no group; fix the pattern or the file name")
+            ids.append(group)
+        return ids
 
     def _select_classes(self, splits: dict[str, Split], available: list[str]) -> dict[str, Split]:
         unknown = [c for c in self.selected_classes if c not in available]

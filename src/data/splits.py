@@ -1,7 +1,8 @@
-"""Seeded, stratified index selection: held-out fractions and per-class caps."""
+"""Seeded, stratified index selection: held-out fractions, cross-validation folds and per-class caps."""
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Hashable, Mapping, Sequence
 
 import torch
 
@@ -29,6 +30,52 @@ def stratified_holdout(labels: torch.Tensor, fraction: float, seed: int) -> tupl
         held.append(index[:n_held])
         kept.append(index[n_held:])
     return torch.cat(kept).sort().values, torch.cat(held).sort().values
+
+
+def assign_folds(labels: torch.Tensor, k: int, seed: int, groups: Sequence[Hashable] | None = None) -> torch.Tensor:
+    """The fold (0 .. k-1) of every sample: k folds as equal in size and class mix as the groups allow.
+
+    All samples of a group share a fold; without `groups` every sample is a group of its own. Groups
+    are placed one at a time, largest first (equal sizes: by majority class, then in a seeded random
+    order), each into the fold holding the fewest images of the group's majority class (ties: the
+    smallest fold, then the lowest index). For single samples this deals each class round-robin over
+    the folds, so per-class counts and fold sizes both differ by at most 1 between folds.
+    """
+    label_list = labels.tolist()
+    members: dict[Hashable, list[int]] = {}
+    for i, group in enumerate(range(len(label_list)) if groups is None else groups):
+        members.setdefault(group, []).append(i)
+    majority = {}
+    for group, index in members.items():
+        counts = Counter(label_list[i] for i in index)
+        majority[group] = max(counts, key=lambda c: (counts[c], -c))  # ties: the lowest class index
+    names = list(members)
+    generator = torch.Generator().manual_seed(seed)
+    shuffled = [names[i] for i in torch.randperm(len(names), generator=generator).tolist()]
+    order = sorted(shuffled, key=lambda g: (-len(members[g]), majority[g]))  # stable: keeps the seeded order
+    per_class = [Counter() for _ in range(k)]
+    sizes = [0] * k
+    fold = torch.empty(len(label_list), dtype=torch.long)
+    for group in order:
+        c = majority[group]
+        f = min(range(k), key=lambda f: (per_class[f][c], sizes[f], f))
+        fold[members[group]] = f
+        per_class[f].update(label_list[i] for i in members[group])
+        sizes[f] += len(members[group])
+    return fold
+
+
+def group_holdout(labels: torch.Tensor, groups: Sequence[Hashable], fraction: float,
+                  seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Splits indices into (kept, held_out) holding out whole groups: one of round(1 / fraction) folds of
+    `assign_folds` (a tenth for 0.1, a third for 0.3), as near in size and class mix as whole groups
+    allow. Both results are sorted."""
+    n_groups = len(set(groups))
+    if n_groups < 2:
+        raise DataError(f"data.val_split={fraction} holds out whole groups (data.group_regex), but the training "
+                        f"part has only {n_groups} group; set data.val_split=0 or use more data.folds")
+    fold = assign_folds(labels, max(2, round(1 / fraction)), seed, groups)
+    return (fold != 0).nonzero().flatten(), (fold == 0).nonzero().flatten()
 
 
 def limit_per_class(labels: torch.Tensor, classes: list[str], limit: int | Mapping[str, int],

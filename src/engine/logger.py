@@ -33,13 +33,15 @@ class TensorBoardLogger:
     def log_hparams(self, hparams: dict, metrics: dict[str, float]) -> None:
         """One row in the HParams tab: the run's hyper-parameters with its final metrics.
 
-        Written into the run's own event file (not a sub-run, as SummaryWriter.add_hparams does),
-        so the HParams row links to the run's scalars.
+        Only the session start and end are written (into the run's own event file, which links the row
+        to the run's scalars). The experiment summary that SummaryWriter.add_hparams also writes is left
+        out on purpose: TensorBoard takes the first one it finds as the whole experiment, so a sweep's
+        table would list the values of one run only; without it TensorBoard builds the table from all runs.
         """
         from torch.utils.tensorboard.summary import hparams as hparams_summary
 
-        experiment, start, end = hparams_summary(hparams, metrics)
-        for summary in (experiment, start, end):
+        _, start, end = hparams_summary(hparams, metrics)
+        for summary in (start, end):
             self.writer.file_writer.add_summary(summary)
         for tag, value in metrics.items():
             self.writer.add_scalar(tag, value, 0)

@@ -127,3 +127,44 @@ def pca_figure(features: np.ndarray, labels: np.ndarray, classes: list[str], tit
     ax.set_title(f"{title} features, PCA".strip())
     ax.legend(markerscale=3, fontsize=8)
     return fig
+
+
+def curves_by_epoch_figure(histories: dict[str, list[dict]], keys: tuple[str, ...]) -> Figure:
+    """One panel per history key (e.g. val/acc, val/loss), one line per run, against the epoch."""
+    fig, axes = _pyplot().subplots(1, len(keys), figsize=(6 * len(keys), 4.8), squeeze=False,
+                                   constrained_layout=True)
+    for ax, key in zip(axes.flat, keys):
+        for name, history in histories.items():
+            points = [(int(r["epoch"]), float(r[key])) for r in history if r.get(key) not in (None, "")]
+            if points:
+                ax.plot(*zip(*points), marker="o", ms=3, lw=1.3, label=name)
+        ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if handles:
+        # below the panels: with a dozen runs of long names a legend inside would hide the curves
+        columns = 1 if max(map(len, labels)) > 45 else min(3, len(labels))
+        fig.legend(handles, labels, loc="outside lower center", ncol=columns, fontsize=7)
+    return fig
+
+
+def comparison_bars_figure(values: dict[str, list[float]], measures: tuple[str, ...],
+                           errors: dict[str, list[float | None]] | None = None) -> Figure:
+    """Grouped horizontal bars: one group per run (top = first), one bar per measure, optional error bars."""
+    names = list(values)
+    height = 0.8 / len(measures)
+    fig, ax = _pyplot().subplots(figsize=(8, 1.2 + 0.45 * len(names) * len(measures)), constrained_layout=True)
+    positions = np.arange(len(names))[::-1]
+    for m, measure in enumerate(measures):
+        widths = [values[name][m] for name in names]
+        xerr = [(errors[name][m] or 0.0) for name in names] if errors else None
+        bars = ax.barh(positions + (len(measures) - 1 - 2 * m) * height / 2, widths, height, xerr=xerr,
+                       capsize=3, label=measure)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=2)
+    ax.set_yticks(positions, names, fontsize=7)
+    ax.set_xlim(0, 1.08)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    return fig

@@ -1,0 +1,43 @@
+"""One GPU per job for the jobs of a parallel sweep (hydra/launcher=joblib on a multi-GPU machine).
+
+A job whose trainer.device is `auto` claims the first GPU nobody else holds, with an exclusive lock
+on <sweep dir>/.gpu_locks/<index>.lock, and waits when all are taken. The lock is released when the
+job ends (or its process dies: the kernel drops flock locks of dead processes, so a crash frees its GPU).
+"""
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def claim_gpu(lock_dir: str | os.PathLike, count: int, poll_s: float = 2.0) -> Iterator[int]:
+    """Holds the lock of one of `count` GPUs for the duration of the `with` block; yields its index."""
+    lock_dir = Path(lock_dir)
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    waited = False
+    while True:
+        for index in range(count):
+            handle = open(lock_dir / f"{index}.lock", "w")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.close()
+                continue
+            try:
+                yield index
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+                handle.close()
+            return
+        if not waited:
+            log.info("All %d GPUs are in use by other jobs of the sweep: waiting for one", count)
+            waited = True
+        time.sleep(poll_s)

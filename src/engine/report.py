@@ -1,0 +1,275 @@
+"""Comparison tables and plots over runs: what `python -m src.report` and the sweep callback write.
+
+A run is a directory with metrics.json (and history.csv, .hydra/overrides.yaml); a sweep is a
+directory with jobs.jsonl, which the sweep callback appends to after every job (so failed jobs, which
+have no metrics.json, still get a row). From any mix of them this module builds:
+
+- summary.csv / summary.md: one row per run, sorted by the monitored validation metric (failed runs
+  last), with the overrides that vary between the runs as the row's name;
+- when runs differ only in `seed` or `data.fold`: the same figures as mean ± std per group
+  (aggregate.csv and a second table in summary.md);
+- curves.png (validation accuracy and loss per epoch of every run), bars.png (test accuracy and
+  macro-F1 per run or group) and best_confusion_matrix.png (the best run's test confusion matrix).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from ..errors import UserError
+from ..fileio import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+# Overrides that say where things are, not what was trained: left out of run names and groups.
+LOCATION_KEYS = ("data.root", "data.csv", "ckpt_path", "paths.", "hydra.", "resume")
+# Overrides that only repeat an experiment: runs that differ in nothing else form one group.
+REPEAT_KEYS = ("seed", "data.fold")
+
+# column -> metrics.json key
+METRIC_COLUMNS = {"params": "model/params", "size_mb": "model/size_mb", "epoch_time_s": "train/epoch_time_s",
+                  "images_per_s": "train/images_per_s", "best_epoch": "best_epoch", "val_acc": "val/acc",
+                  "val_macro_f1": "val/macro_f1", "test_acc": "test/acc", "test_macro_f1": "test/macro_f1"}
+AGGREGATED = ("val_acc", "val_macro_f1", "test_acc", "test_macro_f1", "epoch_time_s", "images_per_s")
+
+
+@dataclass
+class Run:
+    dir: Path
+    overrides: list[str]   # as given on the command line, location keys left out
+    status: str            # completed | failed | incomplete (no metrics.json: killed or still running)
+    error: str = ""
+    metrics: dict | None = None
+    name: str = ""         # the overrides that vary between the runs of a report
+
+    @property
+    def monitor(self) -> tuple[str, float | None]:
+        key = (self.metrics or {}).get("monitor", "val/acc")
+        return key, (self.metrics or {}).get(key)
+
+    def history(self) -> list[dict]:
+        path = self.dir / "history.csv"
+        if not path.is_file():
+            return []
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _read_overrides(run_dir: Path) -> list[str]:
+    path = run_dir / ".hydra" / "overrides.yaml"
+    overrides = list(OmegaConf.load(path)) if path.is_file() else []
+    return [o for o in overrides if not _key(o).startswith(LOCATION_KEYS)]
+
+
+def _read_run(run_dir: Path, status: str | None = None, error: str = "") -> Run:
+    metrics_file = run_dir / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+    if status is None or (status == "completed" and metrics is None):
+        status = "completed" if metrics is not None else "incomplete"
+    return Run(run_dir, _read_overrides(run_dir), status, error, metrics if status == "completed" else None)
+
+
+def _read_sweep(sweep_dir: Path) -> list[Run]:
+    """Every job of a sweep, from jobs.jsonl (the last record of each job number wins: a job re-run
+    after a failure replaces its row)."""
+    latest = {}
+    for line in (sweep_dir / "jobs.jsonl").read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            latest[record["job"]] = record
+    return [_read_run(Path(r["dir"]), r["status"], r.get("error", "")) for _, r in sorted(latest.items())]
+
+
+def collect_runs(paths: list[str | Path]) -> list[Run]:
+    """Runs and sweeps named by `paths`; a folder that is neither is searched for them."""
+    runs: list[Run] = []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise UserError(f"{path} does not exist: pass run or sweep directories (outputs/runs/..., "
+                            "outputs/sweeps/...)")
+        if (path / "jobs.jsonl").is_file():
+            runs += _read_sweep(path)
+        elif (path / "metrics.json").is_file() or (path / "run_info.json").is_file():
+            runs.append(_read_run(path))
+        elif path.is_dir():
+            found = sorted(p.parent for p in path.rglob("*") if p.name in ("jobs.jsonl", "run_info.json"))
+            sweeps = [p for p in found if (p / "jobs.jsonl").is_file()]
+            inside_sweep = [p for p in found if any(s in p.parents for s in sweeps)]
+            runs += collect_runs([p for p in found if p not in inside_sweep]) if found else []
+    seen, unique = set(), []
+    for run in runs:  # a run reached twice (its sweep and itself) is one row
+        if run.dir.resolve() not in seen:
+            seen.add(run.dir.resolve())
+            unique.append(run)
+    if not unique:
+        raise UserError(f"no runs found in {', '.join(map(str, paths))}: a run directory holds run_info.json "
+                        "(and metrics.json when it finished), a sweep directory jobs.jsonl")
+    _name_runs(unique)
+    return _sorted(unique)
+
+
+def common_overrides(runs: list[Run]) -> list[str]:
+    """The overrides every run shares (shown once above the table instead of in every row)."""
+    shared = set(runs[0].overrides)
+    for run in runs[1:]:
+        shared &= set(run.overrides)
+    return [o for o in runs[0].overrides if o in shared]
+
+
+def _name_runs(runs: list[Run]) -> None:
+    shared = set(common_overrides(runs))
+    for run in runs:
+        run.name = " ".join(o for o in run.overrides if o not in shared) or run.dir.name
+
+
+def _sorted(runs: list[Run]) -> list[Run]:
+    def order(run: Run):
+        key, value = run.monitor
+        if value is None:
+            return (1, 0.0)
+        return (0, value if key.endswith("loss") else -value)
+
+    return sorted(runs, key=order)
+
+
+# -- tables ----------------------------------------------------------------------------------------------
+
+def run_row(run: Run) -> dict:
+    row = {"run": run.name, "status": run.status, "error": run.error, "dir": str(run.dir)}
+    if run.metrics:
+        row |= {column: run.metrics.get(key) for column, key in METRIC_COLUMNS.items()}
+        row |= {f"f1_{name}": m["f1"] for name, m in (run.metrics.get("test/per_class") or {}).items()}
+    return row
+
+
+def groups(runs: list[Run]) -> list[tuple[str, list[Run]]]:
+    """Completed runs whose overrides are equal apart from seed and data.fold, in groups of two or more,
+    best mean monitored metric first."""
+    by_key: dict[tuple, list[Run]] = {}
+    for run in runs:
+        if run.status == "completed":
+            key = tuple(o for o in run.overrides if _key(o) not in REPEAT_KEYS)
+            by_key.setdefault(key, []).append(run)
+    shared = set(common_overrides(runs))
+    named = [(" ".join(o for o in key if o not in shared) or "(all)", members)
+             for key, members in by_key.items() if len(members) > 1]
+    return named  # runs are already sorted, so groups come in order of their best member
+
+
+def aggregate_row(name: str, members: list[Run]) -> dict:
+    """Mean and sample standard deviation of each figure over the group's runs."""
+    row = {"group": name, "runs": len(members)}
+    for column in AGGREGATED:
+        values = [run_row(m).get(column) for m in members]
+        values = [v for v in values if v is not None]
+        row[column] = statistics.mean(values) if values else None
+        row[f"{column}_std"] = statistics.stdev(values) if len(values) > 1 else None
+    return row
+
+
+def _format(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 100 else f"{value:,.1f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _mean_std(mean, std) -> str:
+    return f"{_format(mean)} ± {_format(std)}" if std is not None else _format(mean)
+
+
+def _markdown(columns: list[str], rows: list[dict]) -> list[str]:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---:" if c not in ("run", "group", "status", "error")
+                                                          else "---" for c in columns) + "|"]
+    lines += ["| " + " | ".join(_format(row.get(c)).replace("|", "\\|") for c in columns) + " |" for row in rows]
+    return lines
+
+
+def _csv(columns: list[str], rows: list[dict]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def write_tables(runs: list[Run], out_dir: Path) -> str:
+    """summary.csv, summary.md and (when runs repeat with other seeds or folds) aggregate.csv; returns the
+    Markdown."""
+    rows = [run_row(run) for run in runs]
+    per_class = sorted({k for row in rows for k in row if k.startswith("f1_")})
+    columns = ["run", "status", *METRIC_COLUMNS, *per_class, "error"]
+    atomic_write_text(_csv([*columns, "dir"], rows), out_dir / "summary.csv")
+    shared = common_overrides(runs)
+    lines = [f"{len(runs)} runs" + (f"; every run: `{' '.join(shared)}`" if shared else ""), "",
+             *_markdown([c for c in columns if c != "error" or any(r["error"] for r in rows)], rows)]
+    grouped = [aggregate_row(name, members) for name, members in groups(runs)]
+    if grouped:
+        mean_std = [{"group": g["group"], "runs": g["runs"], **{c: _mean_std(g[c], g[f"{c}_std"]) for c in AGGREGATED}}
+                    for g in grouped]
+        lines += ["", "Mean ± sample standard deviation over runs that differ only in seed or data.fold:", "",
+                  *_markdown(["group", "runs", *AGGREGATED], mean_std)]
+        atomic_write_text(_csv(["group", "runs", *[k for c in AGGREGATED for k in (c, f"{c}_std")]], grouped),
+                          out_dir / "aggregate.csv")
+    markdown = "\n".join(lines) + "\n"
+    atomic_write_text(markdown, out_dir / "summary.md")
+    return markdown
+
+
+# -- plots -------------------------------------------------------------------------------------------------
+
+def write_plots(runs: list[Run], out_dir: Path) -> list[Path]:
+    """curves.png, bars.png and best_confusion_matrix.png (each only when the runs have what it shows)."""
+    from .plots import comparison_bars_figure, confusion_matrix_figure, curves_by_epoch_figure, save_figure
+
+    written = []
+    completed = [run for run in runs if run.status == "completed"]
+    histories = {run.name: run.history() for run in completed}
+    if any(histories.values()):
+        save_figure(curves_by_epoch_figure(histories, ("val/acc", "val/loss")), out_dir / "curves.png")
+        written.append(out_dir / "curves.png")
+    grouped = [aggregate_row(name, members) for name, members in groups(runs)]
+    if grouped:  # one bar per group, its standard deviation as the error bar
+        bars = {g["group"]: [g["test_acc"], g["test_macro_f1"]] for g in grouped}
+        errors = {g["group"]: [g["test_acc_std"], g["test_macro_f1_std"]] for g in grouped}
+    else:
+        bars = {run.name: [run.metrics.get("test/acc"), run.metrics.get("test/macro_f1")] for run in completed}
+        errors = None
+    bars = {name: values for name, values in bars.items() if None not in values}
+    if bars:
+        save_figure(comparison_bars_figure(bars, ("test accuracy", "test macro-F1"), errors), out_dir / "bars.png")
+        written.append(out_dir / "bars.png")
+    best = next((run for run in completed if run.metrics.get("test/confusion_matrix")), None)
+    if best:
+        figure = confusion_matrix_figure(best.metrics["test/confusion_matrix"], best.metrics["classes"],
+                                         f"best: {best.name}, test")
+        save_figure(figure, out_dir / "best_confusion_matrix.png")
+        written.append(out_dir / "best_confusion_matrix.png")
+    return written
+
+
+def write_report(runs: list[Run], out_dir: str | Path, plots: bool = True) -> str:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    markdown = write_tables(runs, out_dir)
+    if plots:
+        names = [p.name for p in write_plots(runs, out_dir)]
+        if names:
+            markdown += "\n" + "\n".join(f"![{Path(n).stem}]({n})" for n in names) + "\n"
+            atomic_write_text(markdown, out_dir / "summary.md")
+    return markdown

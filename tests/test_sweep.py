@@ -1,0 +1,231 @@
+"""Sweeps as users run them: multirun summaries, python -m src.report, TensorBoard HParams across runs,
+the joblib and submitit_local launchers, the Optuna search and the SLURM launcher config."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+import src.entry  # noqa: F401  (registers ${run_id:}, used in the sweep directory)
+from src.report import main as report_main
+from tests.helpers import CONF_DIR, ROOT, fast_overrides, quote, write_dataset
+
+EXPECTED_PLOTS = ("curves.png", "bars.png", "best_confusion_matrix.png")
+
+
+def run_sweep(tmp_path: Path, data_root: Path, *args: str,
+              timeout: float = 240) -> tuple[Path, subprocess.CompletedProcess]:
+    """`python -m src.train -m ...` on the synthetic data; returns the sweep directory."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    overrides = fast_overrides(data_root, tmp_path / "cache", "trainer.max_epochs=2")
+    result = subprocess.run([sys.executable, "-m", "src.train", "-m", *overrides, *args,
+                             f"paths.output_dir={quote(tmp_path / 'out')}"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=timeout)
+    sweeps = list((tmp_path / "out" / "sweeps").iterdir())
+    assert len(sweeps) == 1, (sweeps, result.stderr[-3000:])
+    return sweeps[0], result
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def job_dirs(sweep: Path) -> list[Path]:
+    return sorted(p for p in sweep.iterdir() if p.is_dir() and p.name[0].isdigit())
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("data") / "faces", splits={"train": 16, "val": 4, "test": 4})
+
+
+@pytest.fixture(scope="module")
+def sweep_2x2(tmp_path_factory, data_root) -> Path:
+    tmp_path = tmp_path_factory.mktemp("sweep")
+    sweep, result = run_sweep(tmp_path, data_root, "logger=tensorboard", "model.dropout=0,0.2", "seed=1,2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return sweep
+
+
+def test_multirun_writes_one_directory_per_job_named_by_its_overrides(sweep_2x2):
+    names = [d.name for d in job_dirs(sweep_2x2)]
+    assert len(names) == 4
+    assert names[0].startswith("0_") and "model.dropout=0," in names[0] and "seed=1" in names[0]
+    assert "model.dropout=0.2" in names[3] and "seed=2" in names[3]
+    assert all((d / "metrics.json").is_file() for d in job_dirs(sweep_2x2))
+
+
+def test_summary_has_one_row_per_job_with_its_metrics_sorted_by_val(sweep_2x2):
+    rows = read_csv(sweep_2x2 / "summary.csv")
+    assert len(rows) == 4
+    for row in rows:
+        metrics = json.loads((Path(row["dir"]) / "metrics.json").read_text())
+        assert row["status"] == "completed"
+        assert float(row["val_acc"]) == pytest.approx(metrics["val/acc"])
+        assert float(row["test_macro_f1"]) == pytest.approx(metrics["test/macro_f1"])
+        assert int(row["params"]) == metrics["model/params"]
+        assert int(row["best_epoch"]) == metrics["best_epoch"]
+        for name, per_class in metrics["test/per_class"].items():
+            assert float(row[f"f1_{name}"]) == pytest.approx(per_class["f1"])
+        # the row is named by what varies in the sweep, not by what every job shares
+        assert row["run"].split() == [o for o in row["run"].split() if o.startswith(("model.dropout=", "seed="))]
+    val = [float(r["val_acc"]) for r in rows]
+    assert val == sorted(val, reverse=True)
+    markdown = (sweep_2x2 / "summary.md").read_text()
+    assert "every run: `" in markdown and "model=lenet" in markdown.splitlines()[0]
+    assert markdown.count("| completed |") == 4
+
+
+def test_runs_that_differ_only_in_seed_are_aggregated_as_mean_and_std(sweep_2x2):
+    groups = {g["group"]: g for g in read_csv(sweep_2x2 / "aggregate.csv")}
+    assert set(groups) == {"model.dropout=0", "model.dropout=0.2"}
+    for name, group in groups.items():
+        dropout = name.split("=")[1]
+        members = [json.loads((d / "metrics.json").read_text()) for d in job_dirs(sweep_2x2)
+                   if f"model.dropout={dropout}," in d.name]
+        assert int(group["runs"]) == len(members) == 2
+        accs = [m["test/acc"] for m in members]
+        assert float(group["test_acc"]) == pytest.approx(statistics.mean(accs))
+        assert float(group["test_acc_std"]) == pytest.approx(statistics.stdev(accs))
+    assert "± " in (sweep_2x2 / "summary.md").read_text()
+
+
+def test_sweep_end_writes_the_plots(sweep_2x2):
+    for name in EXPECTED_PLOTS:
+        assert (sweep_2x2 / name).stat().st_size > 5000, name
+        assert f"]({name})" in (sweep_2x2 / "summary.md").read_text()
+
+
+def test_tensorboard_hparams_of_every_run_side_by_side(sweep_2x2):
+    """Each run writes its hyper-parameters and final metrics, and none defines the experiment alone:
+    TensorBoard then builds the HParams table from all the runs (with one the values of one run)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import backend_context, plugin_data_pb2
+
+    content = {}
+    for run_dir in job_dirs(sweep_2x2):
+        events = EventAccumulator(str(run_dir))
+        events.Reload()
+        tags = events.PluginTagToContent("hparams")
+        assert "_hparams_/experiment" not in tags
+        content[run_dir.name] = tags
+        start = plugin_data_pb2.HParamsPluginData.FromString(tags["_hparams_/session_start_info"])
+        hparams = start.session_start_info.hparams
+        assert hparams["model.dropout"].number_value == pytest.approx(0.2 if "dropout=0.2" in run_dir.name else 0)
+        assert hparams["seed"].number_value == (1 if "seed=1" in run_dir.name else 2)
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        assert events.Scalars("hparam/test_acc")[0].value == pytest.approx(metrics["test/acc"])
+        assert len(events.Scalars("val/acc")) == 2  # the run's curves in the Scalars tab
+    infos = {info.name: info for info in backend_context.Context(None)._compute_hparam_infos(content)}
+    assert {"model.dropout", "seed", "optim.lr", "choice/model"} <= set(infos)
+    assert list(infos["choice/model"].domain_discrete.values) == [json_value("lenet")]
+
+
+def json_value(text: str):
+    from google.protobuf import struct_pb2
+
+    return struct_pb2.Value(string_value=text)
+
+
+def test_a_bad_value_fails_its_job_only(tmp_path, data_root):
+    sweep, result = run_sweep(tmp_path, data_root, "model.dropout=0.1,1.5")
+    rows = read_csv(sweep / "summary.csv")
+    assert [r["status"] for r in rows] == ["completed", "failed"]
+    assert rows[1]["run"] == "model.dropout=1.5" and "model.dropout=1.5 is invalid" in rows[1]["error"]
+    assert result.returncode != 0  # Hydra still reports that a job failed
+
+
+# -- python -m src.report --------------------------------------------------------------------------------------
+
+def test_report_from_run_directories(sweep_2x2, tmp_path, capsys):
+    jobs = job_dirs(sweep_2x2)
+    assert report_main([str(jobs[0]), str(jobs[1]), "--out", str(tmp_path / "report")]) == 0
+    rows = read_csv(tmp_path / "report" / "summary.csv")
+    assert {r["dir"] for r in rows} == {str(jobs[0]), str(jobs[1])}
+    assert {r["run"] for r in rows} == {"seed=1", "seed=2"}  # the only override that differs
+    (group,) = read_csv(tmp_path / "report" / "aggregate.csv")
+    assert group["group"] == "(all)" and group["runs"] == "2"
+    for name in EXPECTED_PLOTS:
+        assert (tmp_path / "report" / name).is_file()
+    assert "| seed=1 |" in capsys.readouterr().out
+
+
+def test_report_of_a_folder_finds_the_sweep_once(sweep_2x2, tmp_path):
+    assert report_main([str(sweep_2x2.parent.parent), "--out", str(tmp_path), "--no-plots"]) == 0
+    assert len(read_csv(tmp_path / "summary.csv")) == 4
+    assert not (tmp_path / "curves.png").exists()
+
+
+@pytest.mark.parametrize("path", ["missing", "empty"])
+def test_report_without_runs_is_a_clear_error(tmp_path, caplog, path):
+    (tmp_path / "empty").mkdir()
+    assert report_main([str(tmp_path / path)]) == 2
+    assert "does not exist" in caplog.text or "no runs found" in caplog.text
+
+
+# -- launchers and the Optuna search -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+def test_parallel_launchers_run_a_two_job_sweep(tmp_path, data_root, launcher):
+    extra = ["hydra.launcher.n_jobs=2"] if launcher == "joblib" else ["hydra.launcher.timeout_min=5"]
+    sweep, result = run_sweep(tmp_path, data_root, f"hydra/launcher={launcher}", *extra, "seed=1,2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_csv(sweep / "summary.csv")
+    assert sorted(r["run"] for r in rows) == ["seed=1", "seed=2"] and {r["status"] for r in rows} == {"completed"}
+    assert all(Path(r["dir"]).parent == sweep for r in rows)  # the jobs (other processes) share the sweep dir
+    assert (sweep / "curves.png").is_file()
+
+
+def test_optuna_search_maximizes_the_returned_val_metric(tmp_path, data_root):
+    sweep, result = run_sweep(tmp_path, data_root, "hparams_search=fer_optuna", "hydra.sweeper.n_trials=3",
+                              "trainer.max_epochs=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_csv(sweep / "summary.csv")
+    assert len(rows) == 3
+    best = OmegaConf.load(sweep / "optimization_results.yaml")
+    assert best.best_value == pytest.approx(max(float(r["val_acc"]) for r in rows))
+    assert set(best.best_params) == {"optim.lr", "optim.weight_decay", "model.dropout", "loss.label_smoothing"}
+    # every trial trained with its own sampled values
+    lrs = {json.loads((Path(r["dir"]) / "metrics.json").read_text())["val/acc"] for r in rows}
+    assert len({r["run"] for r in rows}) == 3 and lrs
+
+
+def test_slurm_launcher_config():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
+                      return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.partition, launcher.gpus_per_node, launcher.mem_gb, launcher.timeout_min) == ("gpu", 1, 32, 240)
+    assert OmegaConf.to_container(launcher)["submitit_folder"].startswith("${hydra.sweep.dir}")
+
+
+def test_parallel_jobs_claim_different_gpus_and_wait_when_all_are_taken(tmp_path):
+    import threading
+    import time
+
+    from src.engine.gpu_claim import claim_gpu
+
+    with claim_gpu(tmp_path, 2) as first, claim_gpu(tmp_path, 2) as second:
+        assert {first, second} == {0, 1}
+        third = []
+
+        def claim_third():
+            with claim_gpu(tmp_path, 2, poll_s=0.02) as index:
+                third.append(index)
+
+        waiter = threading.Thread(target=claim_third)
+        waiter.start()
+        time.sleep(0.3)
+        assert third == []  # both GPUs busy: it waits
+    waiter.join(timeout=10)
+    assert third == [0]  # and takes the first one freed
