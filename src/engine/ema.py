@@ -1,0 +1,50 @@
+"""An exponential moving average of a model's weights (`trainer.ema_decay`), kept as a model of its own.
+
+After every optimizer step, ema = decay * ema + (1 - decay) * weights for every floating-point
+parameter and buffer (batch-norm running statistics included); integer buffers (BN's batch counter)
+are copied. Early in training the average would be dominated by the random initial weights, so the
+decay used is min(decay, (1 + step) / (10 + step)), as in TensorFlow's ExponentialMovingAverage.
+The trainer evaluates it on val every epoch like the model itself and checkpoints it separately.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+
+from ..errors import ConfigError
+
+
+class ModelEma:
+    def __init__(self, model: nn.Module, decay: float):
+        if not 0 < decay < 1:
+            raise ConfigError(f"trainer.ema_decay={decay} is invalid: it must be in (0, 1), e.g. 0.999, or null (off)")
+        self.decay = decay
+        self.steps = 0
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    def _pairs(self, model: nn.Module):
+        ema_state, state = self.module.state_dict(), model.state_dict()
+        return [(ema_state[k], state[k]) for k in ema_state]
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.steps += 1
+        decay = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        floats = [(e, m) for e, m in self._pairs(model) if e.is_floating_point()]
+        if floats:
+            ema, current = zip(*floats)
+            torch._foreach_lerp_(list(ema), list(current), 1 - decay)  # one fused kernel over all tensors
+        for e, m in self._pairs(model):
+            if not e.is_floating_point():
+                e.copy_(m)
+
+    def state_dict(self) -> dict:
+        return {"module": self.module.state_dict(), "steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["module"])
+        self.steps = int(state["steps"])
