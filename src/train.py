@@ -1,16 +1,20 @@
 """Train one model (or a sweep with -m): `python -m src.train model=resnext3 data.balanced=true`.
 
-The config tree is conf/train.yaml; `python -m src.train --help` lists the groups and options.
+On several GPUs (DistributedDataParallel, one process each): `torchrun --nproc_per_node=N -m src.train
+trainer=ddp ...`. The config tree is conf/train.yaml; `python -m src.train --help` lists the groups and options.
 """
 from __future__ import annotations
 
 import logging
+import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from .engine import distributed
 from .engine.experiment import train
+from .engine.gpu_claim import gpu_for_sweep_job
 from .entry import run_or_exit
 
 log = logging.getLogger("src.train")
@@ -19,12 +23,19 @@ log = logging.getLogger("src.train")
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Returns the monitored validation metric, for Hydra sweepers."""
+    distributed.quiet_other_ranks()
     hydra_cfg = HydraConfig.get()
     run_dir = hydra_cfg.runtime.output_dir
-    metrics = run_or_exit(lambda: train(cfg, run_dir, choices=dict(hydra_cfg.runtime.choices)), log)
+    with gpu_for_sweep_job(cfg, hydra_cfg):
+        metrics = run_or_exit(lambda: train(cfg, run_dir, choices=dict(hydra_cfg.runtime.choices)), log)
+    distributed.shutdown()
     log.info("Run directory: %s", run_dir)
     return metrics.get(cfg.trainer.monitor)
 
 
 if __name__ == "__main__":
+    if distributed.launched_rank() > 0:
+        # torchrun's other processes share rank 0's run directory (see entry.py): rank 0 alone writes
+        # its .hydra/ (the composed config and the overrides).
+        sys.argv.append("hydra.output_subdir=null")
     main()

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import torch
 
+from ..engine.distributed import shard_order
 from .sources import Split
 
 
@@ -24,7 +25,8 @@ class DeviceLoader:
     Training order: a seeded permutation per epoch, or with `balanced`, `len(split)` draws with
     replacement weighted inverse to class frequency (torch's WeightedRandomSampler semantics).
     The order is drawn on the host with a CPU generator (reproducible on any device) and copied
-    once per epoch.
+    once per epoch. After `shard(rank, world_size)` (DistributedDataParallel) every rank draws the
+    same order and serves only its share of it (see distributed.shard_order).
     """
 
     def __init__(self, split: Split, batch_size: int, device: torch.device | str, *, shuffle: bool = False,
@@ -42,12 +44,29 @@ class DeviceLoader:
         self.batch_size = batch_size
         self.shuffle = shuffle or balanced
         self.weights = balanced_weights(split.labels) if balanced else None
-        # Dropping the last partial batch keeps batch-norm statistics sane, unless it is the only batch.
-        self.drop_last = drop_last and len(split) >= batch_size
+        self._drop_last = drop_last
         self.generator = torch.Generator().manual_seed(seed)
+        self.rank, self.world_size = 0, 1
+
+    def shard(self, rank: int, world_size: int) -> DeviceLoader:
+        """Serve only the share of rank `rank` of every shuffled epoch (the training loader of a DDP run)."""
+        if not self.shuffle:
+            raise ValueError("only the shuffled training order is sharded (evaluation: distributed.map_shards)")
+        self.rank, self.world_size = rank, world_size
+        return self
+
+    @property
+    def samples(self) -> int:
+        """Samples per epoch (of this rank's share)."""
+        return len(self.labels) // self.world_size
+
+    @property
+    def drop_last(self) -> bool:
+        # Dropping the last partial batch keeps batch-norm statistics sane, unless it is the only batch.
+        return self._drop_last and self.samples >= self.batch_size
 
     def __len__(self) -> int:
-        n = len(self.labels)
+        n = self.samples
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -67,6 +86,8 @@ class DeviceLoader:
             order = torch.multinomial(self.weights, n, replacement=True, generator=self.generator)
         else:
             order = torch.randperm(n, generator=self.generator)
+        if self.world_size > 1:
+            order = shard_order(order, self.rank, self.world_size)
         order = order.to(self.images.device, non_blocking=True)
         for b in range(start, len(self)):
             index = order[b * self.batch_size:(b + 1) * self.batch_size]

@@ -20,6 +20,7 @@ from ..config import build
 from ..data import Split
 from ..errors import UserError
 from ..fileio import atomic_write_json
+from .distributed import map_shards
 from .inference import average_probabilities, load_predictors
 from .metrics import classification_metrics, per_class_table
 from .plots import confusion_matrix_figure, misclassified_figure, pca_figure, pr_figure, roc_figure, save_figure
@@ -64,8 +65,10 @@ def score(log_probs: torch.Tensor, split: Split, classes: list[str]) -> Evaluati
 
 
 def evaluate_split(predictor, split: Split, classes: list[str]) -> Evaluation:
-    """The evaluation of a Predictor (or Ensemble) on one split."""
-    return score(predictor.log_probs(split.images), split, classes)
+    """The evaluation of a Predictor (or Ensemble) on one split. In a DDP run each rank predicts its
+    share of the split and every rank scores all the predictions: the metrics of the whole split, the
+    same on every rank."""
+    return score(map_shards(predictor.log_probs, split.images), split, classes)
 
 
 def prefixed(prefix: str, metrics: dict) -> dict:

@@ -18,8 +18,10 @@ from ..config import build, check_model_config, check_optimizer_config, config_d
 from ..errors import ConfigError, UserError
 from ..fileio import atomic_write_json
 from ..models import count_parameters, size_mb
+from . import distributed as ddp
 from .checkpoint import load_checkpoint
 from .evaluation import evaluate_split, prefixed, write_report
+from .logger import NullLogger
 from .metrics import per_class_table
 from .run_info import collect_run_info
 
@@ -104,33 +106,41 @@ def _write_history(history: list[dict], path: Path) -> None:
 
 def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> dict:
     """Trains as configured; writes checkpoints/, metrics.json, history.csv and TensorBoard events
-    into `run_dir`; returns the metrics."""
+    into `run_dir`; returns the metrics.
+
+    Under torchrun with trainer=ddp every process runs this with the same run_dir: all train and
+    evaluate (on their shares), all get the same metrics, rank 0 alone writes files."""
     run_dir = Path(run_dir)
     # Every check that needs no data first (device, precision, optimizer, schedule, augmentation, data
     # and model settings), so that a mistake stops the run before the dataset is decoded.
     check_optimizer_config(cfg.optim)
-    trainer = build(cfg.trainer)
+    trainer = build(cfg.trainer)  # trainer=ddp under torchrun: joins the other processes here
     augment = build(cfg.aug)
     optimizer, schedule = build(cfg.optim), build(cfg.sched)
     data = build(cfg.data)
     check_model_config(cfg.model, data.channels)
     check_loss_config(cfg.loss)
     ckpt_path = resume_checkpoint(cfg, run_dir)
-    atomic_write_json(collect_run_info(trainer.device, trainer.precision), run_dir / "run_info.json")
-    data.setup()
+    main = ddp.is_main()
+    world = {"world_size": trainer.world_size} if trainer.world_size > 1 else {}
+    if main:
+        atomic_write_json(collect_run_info(trainer.device, trainer.precision) | world, run_dir / "run_info.json")
+    with ddp.main_first():  # rank 0 decodes into the cache, the others read it
+        data.setup()
     torch.manual_seed(cfg.seed)  # weight init and dropout
     model = build(cfg.model, num_classes=len(data.classes), in_channels=data.channels)
     criterion = make_criterion(cfg.loss, data.class_counts)
     params, megabytes = count_parameters(model), size_mb(model)
     log.info("Model %s: %s parameters, %.2f MB", type(model).__name__, f"{params:,}", megabytes)
     meta = {"config": OmegaConf.to_container(cfg, resolve=True), "data": data.describe()}
-    logger = build(cfg.logger, log_dir=run_dir)
+    logger = build(cfg.logger, log_dir=run_dir) if main else NullLogger()
     try:
         state = trainer.fit(model, data, optimizer, schedule, augment, criterion,
                             run_dir / "checkpoints", seed=cfg.seed, meta=meta, logger=logger,
                             ckpt_path=ckpt_path)
 
         # Honest evaluation: the checkpoint selected on val, evaluated on test once.
+        ddp.barrier()  # rank 0 has written best.pt
         model.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "best.pt")["model"])
         test = None
         if "test" in data.splits:
@@ -153,7 +163,10 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> 
             "device": str(trainer.device),
             "precision": trainer.precision,
             "seed": cfg.seed,
+            **world,
         }
+        if not main:  # the same metrics as rank 0's, which writes them
+            return metrics
         atomic_write_json(metrics, run_dir / "metrics.json")
         _write_history(state.history, run_dir / "history.csv")
         if test:

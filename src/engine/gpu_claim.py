@@ -41,3 +41,22 @@ def claim_gpu(lock_dir: str | os.PathLike, count: int, poll_s: float = 2.0) -> I
             log.info("All %d GPUs are in use by other jobs of the sweep: waiting for one", count)
             waited = True
         time.sleep(poll_s)
+
+
+@contextmanager
+def gpu_for_sweep_job(cfg, hydra_cfg) -> Iterator[None]:
+    """In a multirun on a CUDA machine, a job with trainer.device=auto trains on a GPU it claims for
+    itself (sets trainer.device=cuda:<index>); otherwise nothing changes."""
+    import torch
+    from hydra.types import RunMode
+
+    from .distributed import launched_world_size
+
+    if (hydra_cfg.mode != RunMode.MULTIRUN or cfg.trainer.device != "auto" or launched_world_size() > 1
+            or not torch.cuda.is_available()):
+        yield
+        return
+    with claim_gpu(Path(hydra_cfg.sweep.dir) / ".gpu_locks", torch.cuda.device_count()) as index:
+        cfg.trainer.device = f"cuda:{index}"
+        log.info("This job trains on cuda:%d (one GPU per job of the sweep)", index)
+        yield

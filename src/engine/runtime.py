@@ -15,8 +15,17 @@ log = logging.getLogger(__name__)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def resolve_device(name: str) -> torch.device:
-    """auto: the first CUDA GPU if there is one, else the CPU. Asking for CUDA without one is an error."""
+def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
+    """auto: the first CUDA GPU if there is one, else the CPU. Asking for CUDA without one is an error.
+
+    With `local_rank` (one of several processes started by torchrun) auto and cuda mean this process's
+    own GPU, cuda:local_rank."""
+    if local_rank is not None:
+        if name.startswith("cuda:"):
+            raise ConfigError(f"trainer.device={name} under torchrun: each process uses the GPU of its local rank; "
+                              "use trainer.device=auto, cuda or cpu")
+        if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+            name = f"cuda:{local_rank}"
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cpu":

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from ..data import Augment, DeviceLoader, ImageData
 from ..errors import ConfigError, UserError
+from . import distributed as ddp
 from .checkpoint import load_checkpoint, save_checkpoint
 from .evaluation import evaluate_split
 from .inference import Predictor, to_input
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 MONITORS = ("val/acc", "val/macro_f1", "val/balanced_acc", "val/loss")
 CHECK_EVERY = 50  # steps between reads of the device-side "loss became non-finite" flag (one sync each)
+NO_BAD_STEP = 2**62  # the first non-finite step when there is none
 
 
 @dataclass
@@ -154,12 +156,18 @@ class Trainer:
         early_stopping_patience: stop after this many epochs without improvement (null = never).
         warmup_batches: batches per epoch left out of the images/s measurement.
         progress_bar: show a per-epoch progress bar on terminals.
+        distributed: DistributedDataParallel over the processes of a torchrun launch (trainer=ddp); each
+            trains on its share of every epoch with batches of data.batch_size (the global batch is
+            data.batch_size * processes). Without torchrun, one process trains alone.
+        backend: the process group's backend with `distributed`: auto (nccl for CUDA, gloo for CPU),
+            nccl or gloo.
     """
 
     def __init__(self, device: str = "auto", precision: str = "auto", channels_last: bool = True,
                  compile: bool = False, max_epochs: int = 30, limit_train_batches: int | float | None = None,
                  gradient_clip_val: float = 0.0, monitor: str = "val/acc",
-                 early_stopping_patience: int | None = None, warmup_batches: int = 2, progress_bar: bool = True):
+                 early_stopping_patience: int | None = None, warmup_batches: int = 2, progress_bar: bool = True,
+                 distributed: bool = False, backend: str = "auto"):
         if max_epochs < 1:
             raise ConfigError(f"trainer.max_epochs={max_epochs} is invalid: it must be at least 1")
         if monitor not in MONITORS:
@@ -171,8 +179,13 @@ class Trainer:
                               "use a number of batches >= 1 or a fraction in (0, 1]")
         if gradient_clip_val < 0:
             raise ConfigError(f"trainer.gradient_clip_val={gradient_clip_val} is invalid: it must be >= 0")
-        self.device = resolve_device(device)
+        launched = ddp.launched_world_size()
+        if launched > 1 and not distributed:
+            raise ConfigError(f"torchrun started {launched} processes, but this trainer trains in one: each would "
+                              "train the whole run and write into the same directory; use trainer=ddp")
+        self.device = resolve_device(device, ddp.local_rank() if launched > 1 else None)
         self.precision = resolve_precision(precision, self.device)
+        self.world_size = ddp.init(backend, self.device) if distributed else 1
         self.channels_last, self.compile = channels_last, compile
         self.max_epochs, self.limit_train_batches = max_epochs, limit_train_batches
         self.gradient_clip_val, self.monitor = gradient_clip_val, monitor
@@ -224,10 +237,13 @@ class Trainer:
         model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
         criterion.to(self.device)
         loader = data.train_loader(self.device, seed)
+        if self.world_size > 1:
+            loader.shard(ddp.rank(), self.world_size)
         steps = self._steps_per_epoch(loader)
         opt = optimizer(model.parameters(), **fused_on_cuda(optimizer, self.device))
+        step_model = ddp.wrap(model, self.device)
         run = _Session(
-            model=model, step_model=torch.compile(model) if self.compile else model, opt=opt,
+            model=model, step_model=torch.compile(step_model) if self.compile else step_model, opt=opt,
             scheduler=schedule.build(opt, self.max_epochs, steps, self.monitor_mode),
             per_epoch_scheduler=isinstance(schedule, Plateau),
             scaler=torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16"),
@@ -243,17 +259,23 @@ class Trainer:
             state, progress = self._resume(ckpt_path, run)
         log.info("Training on %s (%s%s) for %d epochs of %d batches of %d", self.device, self.precision,
                  ", channels_last" if self.channels_last else "", self.max_epochs, steps, data.batch_size)
+        if self.world_size > 1:
+            log.info("%d processes, each on its share of every epoch: global batch %d", self.world_size,
+                     data.batch_size * self.world_size)
 
         with _StopOnSigint() as stop:
             for epoch in range(state.epoch + 1, self.max_epochs + 1):
                 progress = progress or EpochProgress(epoch, shuffle_state=loader.generator.get_state())
                 train = self._train_epoch(run, progress, stop)
                 if train is None:  # interrupted: progress holds where, last.pt lets the run go on from there
-                    save_checkpoint(run.checkpoint_dir / "last.pt", run.checkpoint(epoch - 1, state, progress))
+                    if ddp.is_main():
+                        save_checkpoint(run.checkpoint_dir / "last.pt", run.checkpoint(epoch - 1, state, progress))
+                    ddp.barrier()  # a rank that exits first makes torchrun stop rank 0, perhaps mid-write
                     raise Interrupted(f"interrupted in epoch {epoch} after batch {progress.batches_done} of "
                                       f"{steps}; {run.checkpoint_dir / 'last.pt'} continues it "
                                       f"(ckpt_path=... with the same overrides)")
                 progress = None
+                ddp.broadcast_buffers(model)  # evaluate and save one model: rank 0's
                 val = self.evaluate(model, data, "val") if has_val else None
                 record = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], **train}
                 if val:
@@ -269,10 +291,11 @@ class Trainer:
                 else:
                     state.bad_epochs += 1
 
-                content = run.checkpoint(epoch, state)
-                save_checkpoint(run.checkpoint_dir / "last.pt", content)
-                if improved:
-                    save_checkpoint(run.checkpoint_dir / "best.pt", content)
+                if ddp.is_main():  # the ranks' models, optimizers and RNG streams are identical: one writes
+                    content = run.checkpoint(epoch, state)
+                    save_checkpoint(run.checkpoint_dir / "last.pt", content)
+                    if improved:
+                        save_checkpoint(run.checkpoint_dir / "best.pt", content)
                 run.logger.log_scalars({k: v for k, v in record.items() if k != "epoch"}, epoch)
                 if val:
                     run.logger.log_confusion_matrix("val/confusion_matrix", val["confusion_matrix"], data.classes,
@@ -299,13 +322,16 @@ class Trainer:
         train loss, accuracy, time and images/s, or None when Ctrl-C stopped it (`progress` then says where)."""
         run.model.train()
         mean, std = run.normalization()
-        loss_sum = torch.tensor(progress.loss_sum, device=self.device)
-        correct = torch.tensor(progress.correct, device=self.device, dtype=torch.long)
+        # An interrupted epoch's sums were summed over the ranks when it stopped: rank 0 alone goes on from them.
+        carried = progress if ddp.is_main() else EpochProgress(progress.epoch)
+        loss_sum = torch.tensor(carried.loss_sum, device=self.device)
+        correct = torch.tensor(carried.correct, device=self.device, dtype=torch.long)
         # The first step whose loss is not finite, recorded on the device (no sync), read every CHECK_EVERY steps.
-        first_bad = torch.tensor(-1, device=self.device)
-        seen, timed_from, timed_start = progress.seen, progress.seen, None
+        first_bad = torch.tensor(NO_BAD_STEP, device=self.device)
+        seen, timed_from, timed_start = carried.seen, carried.seen, None
         bar = tqdm(total=run.steps, initial=progress.batches_done, desc=f"epoch {progress.epoch}/{self.max_epochs}",
-                   unit="batch", leave=False, disable=None if self.progress_bar else True, dynamic_ncols=True)
+                   unit="batch", leave=False, disable=None if self.progress_bar and ddp.is_main() else True,
+                   dynamic_ncols=True)
         run.loader.generator.set_state(progress.shuffle_state)
         start = last_postfix = time.perf_counter()
         for i, (images, labels) in enumerate(run.loader.iterate(progress.batches_done), start=progress.batches_done):
@@ -325,7 +351,7 @@ class Trainer:
             if not run.per_epoch_scheduler:
                 run.scheduler.step()
             loss = loss.detach().float()
-            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss), i + 1, first_bad)
+            first_bad = torch.where(torch.isfinite(loss), first_bad, first_bad.clamp(max=i + 1))
             loss_sum += loss * len(labels)
             correct += (logits.detach().argmax(1) == labels).sum()
             seen += len(labels)
@@ -335,26 +361,39 @@ class Trainer:
             bar.update(1)
             if run.first_step_started is None:
                 self._log_first_step(run, started_at)
-            if (i + 1) % CHECK_EVERY == 0 or i + 1 == run.steps:
+            check = (i + 1) % CHECK_EVERY == 0 or i + 1 == run.steps
+            if check:
                 self._check_finite(first_bad, progress.epoch)
-            if stop.requested:
-                progress.batches_done, progress.seen = i + 1, seen
-                progress.loss_sum, progress.correct = loss_sum.item(), correct.item()
+            if self._stop_requested(stop, check):
+                progress.batches_done = i + 1
+                progress.seen, progress.loss_sum, progress.correct = ddp.sum_over_ranks(seen, loss_sum, correct)
+                progress.seen, progress.correct = int(progress.seen), int(progress.correct)
                 bar.close()
                 return None
             if not bar.disable and time.perf_counter() - last_postfix > 1.0:
                 last_postfix = time.perf_counter()
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}",
-                                img_s=f"{(seen - progress.seen) / (last_postfix - start):.0f}")
+                                img_s=f"{(seen - carried.seen) / (last_postfix - start):.0f}")
         synchronize(self.device)
         end = time.perf_counter()
         bar.close()
         self._check_finite(first_bad, progress.epoch)
         if timed_start is None or seen == timed_from:  # too few batches to leave warm-up out
-            timed_start, timed_from = start, progress.seen
-        return {"train/loss": loss_sum.item() / seen, "train/acc": correct.item() / seen,
-                "train/epoch_time_s": end - start,
-                "train/images_per_s": (seen - timed_from) / max(end - timed_start, 1e-9)}
+            timed_start, timed_from = start, carried.seen
+        # Loss and accuracy over every rank's samples; images/s of all ranks together.
+        loss_sum, correct, seen, images_per_s = ddp.sum_over_ranks(
+            loss_sum, correct, seen, (seen - timed_from) / max(end - timed_start, 1e-9))
+        return {"train/loss": loss_sum / seen, "train/acc": correct / seen, "train/epoch_time_s": end - start,
+                "train/images_per_s": images_per_s}
+
+    def _stop_requested(self, stop: _StopOnSigint, check: bool) -> bool:
+        """Whether to stop after this batch for Ctrl-C. With several processes all must stop after the same
+        batch (one that went on would wait forever for the others in its next gradient all-reduce), so
+        they agree at the non-finite checks, every CHECK_EVERY batches: that costs no extra sync per step,
+        and stopping takes at most CHECK_EVERY batches."""
+        if self.world_size == 1:
+            return stop.requested
+        return check and ddp.any_rank(stop.requested)
 
     def _log_first_step(self, run: _Session, started_at: float | None) -> None:
         """How long the process took to start training (the startup budget), and its first step."""
@@ -367,8 +406,9 @@ class Trainer:
 
     @staticmethod
     def _check_finite(first_bad: torch.Tensor, epoch: int) -> None:
-        step = int(first_bad.item())
-        if step >= 0:
+        # The earliest over the ranks: all of them raise at the same check, none waits for the others.
+        step = int(ddp.all_reduce(first_bad, "min").item())
+        if step != NO_BAD_STEP:
             raise UserError(f"the training loss became NaN or infinite in epoch {epoch} at step {step}; lower "
                             "optim.lr or set trainer.gradient_clip_val (the last good checkpoint is kept)")
 
@@ -403,7 +443,10 @@ class Trainer:
         run.loader.generator.set_state(rng["shuffle"].cpu())
         run.aug_generator.set_state(rng["augment"].cpu())
         if rng["cuda"] and self.device.type == "cuda":
-            torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+            if self.world_size > 1:  # each rank's generator went in step with rank 0's, which was cuda:0's
+                torch.cuda.set_rng_state(rng["cuda"][0].cpu(), self.device)
+            else:
+                torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
         state = FitState(**ckpt["state"])
         progress = EpochProgress(**ckpt["progress"]) if ckpt.get("progress") else None
         if progress:
@@ -420,16 +463,19 @@ class Trainer:
         """The resumed run's checkpoints/ starts with the best checkpoint so far, so that selection
         continues across the interruption: best.pt beside the resumed file, or the file itself if it
         was the best epoch."""
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
         target = checkpoint_dir / "best.pt"
         beside = ckpt_path.with_name("best.pt")
         if beside.resolve() == target.resolve():
             return
         if beside.is_file() and load_checkpoint(beside)["epoch"] == state.best_epoch:
-            shutil.copyfile(beside, target)
+            source = beside
         elif ckpt["epoch"] == state.best_epoch:
-            shutil.copyfile(ckpt_path, target)
+            source = ckpt_path
         else:
             log.warning("best.pt of epoch %d is not beside %s: selection restarts from the resumed epochs",
                         state.best_epoch, ckpt_path)
             state.best_value, state.best_epoch = None, 0
+            return
+        if ddp.is_main():  # every rank decides alike (the decision changes the state); one copies
+            checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
