@@ -188,7 +188,8 @@ def test_aug_config_inheritance(compose_cfg):
     basic = compose_cfg(["aug=basic"]).aug
     fer = compose_cfg(["aug=fer"]).aug
     strong = compose_cfg(["aug=strong"]).aug
-    assert set(basic) - {"_target_"} == {"crop", "flip"}
-    assert set(fer) - {"_target_"} == {"crop", "flip", "affine", "erase"}
-    assert set(strong) - {"_target_"} == {"crop", "flip", "affine", "erase", "resized_crop", "jitter"}
+    assert set(basic) - {"_target_", "mix"} == {"crop", "flip"}
+    assert set(fer) - {"_target_", "mix"} == {"crop", "flip", "affine", "erase"}
+    assert set(strong) - {"_target_", "mix"} == {"crop", "flip", "affine", "erase", "resized_crop", "jitter"}
+    assert basic.mix is None and strong.mix is None  # mixup / CutMix are off unless asked for
     assert fer.crop == basic.crop and strong.affine == fer.affine

@@ -261,15 +261,29 @@ def resume_setup(tmp_path, make_folder, cache_dir):
     return cfg
 
 
-def test_resume_gives_the_uninterrupted_run(tmp_path, resume_setup):
+MIX = "aug.mix={mixup_alpha: 0.4, cutmix_alpha: 1.0, prob: 0.8}"
+
+
+@pytest.mark.parametrize("extra", [[], [MIX]], ids=["plain", "mixup_cutmix"])
+def test_resume_gives_the_uninterrupted_run(tmp_path, resume_setup, extra):
     """Run A: 2 epochs. Run B: 1 epoch. Run C: B's last.pt continued to 2 epochs. C == A exactly (CPU, fp32)."""
-    train(resume_setup("trainer.max_epochs=2"), tmp_path / "A")
-    train(resume_setup("trainer.max_epochs=1"), tmp_path / "B")
+    train(resume_setup("trainer.max_epochs=2", *extra), tmp_path / "A")
+    train(resume_setup("trainer.max_epochs=1", *extra), tmp_path / "B")
     ckpt = tmp_path / "B" / "checkpoints" / "last.pt"
-    metrics = train(resume_setup("trainer.max_epochs=2", f"ckpt_path={quote(ckpt)}"), tmp_path / "C")
+    metrics = train(resume_setup("trainer.max_epochs=2", f"ckpt_path={quote(ckpt)}", *extra), tmp_path / "C")
     assert metrics["epochs"] == 2
     assert len(read_history(tmp_path / "C")) == 2  # epoch 1 comes from B's checkpoint
     compare_runs(tmp_path / "A", tmp_path / "C")
+
+
+def test_mixup_and_cutmix_train_on_mixed_targets(tmp_path, resume_setup):
+    train(resume_setup("trainer.max_epochs=1"), tmp_path / "plain")
+    mixed = train(resume_setup("trainer.max_epochs=1", MIX), tmp_path / "mixed")
+    plain_loss, mixed_loss = (float(read_history(tmp_path / d)[0]["train/loss"]) for d in ("plain", "mixed"))
+    assert mixed_loss != plain_loss and math.isfinite(mixed_loss)
+    assert mixed["test/acc"] is not None
+    last = torch.load(tmp_path / "mixed" / "checkpoints" / "last.pt", weights_only=True)
+    assert last["rng"]["mix"] is not None and last["meta"]["config"]["aug"]["mix"]["cutmix_alpha"] == 1.0
 
 
 def test_resume_after_a_crash_mid_schedule(tmp_path, resume_setup, monkeypatch):

@@ -179,11 +179,17 @@ class Augment:
     """The `aug=` config group: each op is configured by a mapping of its parameters, or null for off.
 
     Order: resampling warp (resized_crop, then affine) → pad-and-crop → flip → colour → erasing.
+    `mix` (mixup / CutMix, src/engine/mixing.py) is applied by the trainer after these, since it also
+    changes the targets.
     """
 
     def __init__(self, resized_crop: Mapping | None = None, affine: Mapping | None = None,
                  crop: Mapping | None = None, flip: Mapping | None = None, jitter: Mapping | None = None,
-                 erase: Mapping | None = None):
+                 erase: Mapping | None = None, mix: Mapping | None = None):
+        from ..engine.mixing import BatchMix
+
+        mixing = BatchMix(**mix) if mix is not None else None
+        self.mix = mixing if mixing is not None and mixing.enabled else None
         self.warps = [op(**cfg) for op, cfg in ((ResizedCrop, resized_crop), (Affine, affine)) if cfg is not None]
         self.ops = [op(**cfg) for op, cfg in ((PadCrop, crop), (Flip, flip), (ColorJitter, jitter), (Erase, erase))
                     if cfg is not None]

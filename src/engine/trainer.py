@@ -122,6 +122,7 @@ class _Session:
         """Everything to resume (and, with meta, to evaluate and predict), as plain data and tensors."""
         rng = {"torch": torch.get_rng_state(), "shuffle": self.loader.generator.get_state(),
                "augment": self.aug_generator.get_state(),
+               "mix": self.augment.mix.state() if getattr(self.augment, "mix", None) else None,
                "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []}
         return {"epoch": epoch, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
@@ -251,6 +252,8 @@ class Trainer:
             aug_generator=torch.Generator(self.device).manual_seed(seed + 1),
             criterion=criterion, data=data, checkpoint_dir=Path(checkpoint_dir), meta=meta or {},
             logger=logger or NullLogger(), device=self.device)
+        if getattr(augment, "mix", None):
+            augment.mix.seed(seed + 2)
         has_val = "val" in data.splits
         if run.per_epoch_scheduler and not has_val:
             raise ConfigError("sched=plateau needs a validation split; set data.val_split > 0")
@@ -322,6 +325,7 @@ class Trainer:
         train loss, accuracy, time and images/s, or None when Ctrl-C stopped it (`progress` then says where)."""
         run.model.train()
         mean, std = run.normalization()
+        mix, num_classes = getattr(run.augment, "mix", None), len(run.data.classes)
         # An interrupted epoch's sums were summed over the ranks when it stopped: rank 0 alone goes on from them.
         carried = progress if ddp.is_main() else EpochProgress(progress.epoch)
         loss_sum = torch.tensor(carried.loss_sum, device=self.device)
@@ -339,8 +343,12 @@ class Trainer:
                 break
             started_at = seconds_since_process_start() if run.first_step_started is None else None
             x = to_input(images, mean, std, self.channels_last, run.augment, run.aug_generator)
+            targets = labels
+            if mix:  # mixup / CutMix: the loss is against the blended one-hot targets
+                x, targets = mix(x, labels, num_classes)
+                labels = targets.argmax(1)  # train accuracy counts the dominant label
             with autocast(self.device, self.precision):
-                logits, loss = self._loss(run.step_model(x), labels, run.criterion)
+                logits, loss = self._loss(run.step_model(x), targets, run.criterion)
             run.opt.zero_grad(set_to_none=True)
             run.scaler.scale(loss).backward()
             if self.gradient_clip_val:
@@ -442,6 +450,8 @@ class Trainer:
         torch.set_rng_state(rng["torch"].cpu())
         run.loader.generator.set_state(rng["shuffle"].cpu())
         run.aug_generator.set_state(rng["augment"].cpu())
+        if rng.get("mix") and getattr(run.augment, "mix", None):
+            run.augment.mix.set_state(rng["mix"])
         if rng["cuda"] and self.device.type == "cuda":
             if self.world_size > 1:  # each rank's generator went in step with rank 0's, which was cuda:0's
                 torch.cuda.set_rng_state(rng["cuda"][0].cpu(), self.device)
