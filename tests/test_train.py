@@ -264,7 +264,7 @@ def resume_setup(tmp_path, make_folder, cache_dir):
 MIX = "aug.mix={mixup_alpha: 0.4, cutmix_alpha: 1.0, prob: 0.8}"
 
 
-@pytest.mark.parametrize("extra", [[], [MIX]], ids=["plain", "mixup_cutmix"])
+@pytest.mark.parametrize("extra", [[], [MIX], ["trainer.ema_decay=0.9"]], ids=["plain", "mixup_cutmix", "ema"])
 def test_resume_gives_the_uninterrupted_run(tmp_path, resume_setup, extra):
     """Run A: 2 epochs. Run B: 1 epoch. Run C: B's last.pt continued to 2 epochs. C == A exactly (CPU, fp32)."""
     train(resume_setup("trainer.max_epochs=2", *extra), tmp_path / "A")
@@ -284,6 +284,19 @@ def test_mixup_and_cutmix_train_on_mixed_targets(tmp_path, resume_setup):
     assert mixed["test/acc"] is not None
     last = torch.load(tmp_path / "mixed" / "checkpoints" / "last.pt", weights_only=True)
     assert last["rng"]["mix"] is not None and last["meta"]["config"]["aug"]["mix"]["cutmix_alpha"] == 1.0
+
+
+def test_ema_is_validated_selected_and_checkpointed_as_its_own_model(tmp_path, resume_setup):
+    metrics = train(resume_setup("trainer.max_epochs=2", "trainer.ema_decay=0.9"), tmp_path / "run")
+    history = read_history(tmp_path / "run")
+    assert all(r["val_raw/acc"] != "" and r["val/acc"] != "" for r in history)
+    assert any(r["val_raw/loss"] != r["val/loss"] for r in history)  # two models, two sets of val metrics
+    best = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    if best["epoch"] == last["epoch"]:
+        for name, tensor in last["ema"]["module"].items():  # best.pt's model is the EMA
+            assert torch.equal(best["model"][name], tensor), name
+    assert metrics["val/loss"] == pytest.approx(float(history[metrics["best_epoch"] - 1]["val/loss"]))
 
 
 def test_resume_after_a_crash_mid_schedule(tmp_path, resume_setup, monkeypatch):

@@ -22,6 +22,7 @@ from ..data import Augment, DeviceLoader, ImageData
 from ..errors import ConfigError, UserError
 from . import distributed as ddp
 from .checkpoint import load_checkpoint, save_checkpoint
+from .ema import ModelEma
 from .evaluation import evaluate_split
 from .inference import Predictor, to_input
 from .logger import NullLogger
@@ -31,6 +32,7 @@ from .schedules import Plateau
 log = logging.getLogger(__name__)
 
 MONITORS = ("val/acc", "val/macro_f1", "val/balanced_acc", "val/loss")
+VAL_KEYS = ("loss", "acc", "balanced_acc", "macro_f1")  # the val metrics of each epoch's record
 CHECK_EVERY = 50  # steps between reads of the device-side "loss became non-finite" flag (one sync each)
 NO_BAD_STEP = 2**62  # the first non-finite step when there is none
 
@@ -113,6 +115,7 @@ class _Session:
     meta: dict
     logger: object
     device: torch.device
+    ema: ModelEma | None = None
     first_step_started: float | None = None  # seconds after the process started
 
     def normalization(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,7 +130,12 @@ class _Session:
         return {"epoch": epoch, "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "state": state.as_dict(), "progress": progress.as_dict() if progress else None,
-                "meta": self.meta, "rng": rng}
+                "meta": self.meta, "rng": rng, "ema": self.ema.state_dict() if self.ema else None}
+
+    def best_checkpoint(self, content: dict) -> dict:
+        """best.pt: with an EMA of the weights, the EMA is the model that was selected (its val metrics
+        are the monitored ones), so it is best.pt's model, the one evaluate / predict / export load."""
+        return {**content, "model": self.ema.module.state_dict()} if self.ema else content
 
 
 
@@ -168,7 +176,7 @@ class Trainer:
                  compile: bool = False, max_epochs: int = 30, limit_train_batches: int | float | None = None,
                  gradient_clip_val: float = 0.0, monitor: str = "val/acc",
                  early_stopping_patience: int | None = None, warmup_batches: int = 2, progress_bar: bool = True,
-                 distributed: bool = False, backend: str = "auto"):
+                 distributed: bool = False, backend: str = "auto", ema_decay: float | None = None):
         if max_epochs < 1:
             raise ConfigError(f"trainer.max_epochs={max_epochs} is invalid: it must be at least 1")
         if monitor not in MONITORS:
@@ -193,6 +201,9 @@ class Trainer:
         self.monitor_mode = "min" if monitor.endswith("loss") else "max"
         self.early_stopping_patience = early_stopping_patience
         self.warmup_batches, self.progress_bar = warmup_batches, progress_bar
+        self.ema_decay = ema_decay
+        if ema_decay is not None:
+            ModelEma(nn.Identity(), ema_decay)  # checks the value now, before any data is read
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
 
@@ -254,6 +265,8 @@ class Trainer:
             logger=logger or NullLogger(), device=self.device)
         if getattr(augment, "mix", None):
             augment.mix.seed(seed + 2)
+        if self.ema_decay is not None:
+            run.ema = ModelEma(model, self.ema_decay)
         has_val = "val" in data.splits
         if run.per_epoch_scheduler and not has_val:
             raise ConfigError("sched=plateau needs a validation split; set data.val_split > 0")
@@ -281,8 +294,12 @@ class Trainer:
                 ddp.broadcast_buffers(model)  # evaluate and save one model: rank 0's
                 val = self.evaluate(model, data, "val") if has_val else None
                 record = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], **train}
+                if val and run.ema:  # val/* is the EMA's (the model selected and tested); val_raw/* the weights'
+                    ddp.broadcast_buffers(run.ema.module)
+                    record |= {f"val_raw/{k}": val[k] for k in VAL_KEYS}
+                    val = self.evaluate(run.ema.module, data, "val")
                 if val:
-                    record |= {f"val/{k}": val[k] for k in ("loss", "acc", "balanced_acc", "macro_f1")}
+                    record |= {f"val/{k}": val[k] for k in VAL_KEYS}
                     if run.per_epoch_scheduler:
                         run.scheduler.step(record[self.monitor])
                 state.history.append(record)
@@ -298,7 +315,7 @@ class Trainer:
                     content = run.checkpoint(epoch, state)
                     save_checkpoint(run.checkpoint_dir / "last.pt", content)
                     if improved:
-                        save_checkpoint(run.checkpoint_dir / "best.pt", content)
+                        save_checkpoint(run.checkpoint_dir / "best.pt", run.best_checkpoint(content))
                 run.logger.log_scalars({k: v for k, v in record.items() if k != "epoch"}, epoch)
                 if val:
                     run.logger.log_confusion_matrix("val/confusion_matrix", val["confusion_matrix"], data.classes,
@@ -356,6 +373,8 @@ class Trainer:
                 nn.utils.clip_grad_norm_(run.model.parameters(), self.gradient_clip_val)
             run.scaler.step(run.opt)
             run.scaler.update()
+            if run.ema:
+                run.ema.update(run.model)
             if not run.per_epoch_scheduler:
                 run.scheduler.step()
             loss = loss.detach().float()
@@ -450,6 +469,11 @@ class Trainer:
         torch.set_rng_state(rng["torch"].cpu())
         run.loader.generator.set_state(rng["shuffle"].cpu())
         run.aug_generator.set_state(rng["augment"].cpu())
+        if run.ema:
+            if not ckpt.get("ema"):
+                raise UserError(f"checkpoint {ckpt_path} has no EMA of the weights: resume with the settings of "
+                                "the run that wrote it (trainer.ema_decay)")
+            run.ema.load_state_dict(ckpt["ema"])
         if rng.get("mix") and getattr(run.augment, "mix", None):
             run.augment.mix.set_state(rng["mix"])
         if rng["cuda"] and self.device.type == "cuda":
