@@ -109,6 +109,27 @@ def test_padcrop_is_a_shift_within_the_padding():
     assert len(shifts) > 1
 
 
+def test_sized_crop_is_a_random_window_of_that_size():
+    """aug.crop.size=44 without padding: the FER2013 training crop, a 44x44 window anywhere in the 48x48 image."""
+    x = torch.rand(16, 1, 48, 48, generator=gen())
+    y = PadCrop(padding=0, size=44)(x, gen())
+    assert y.shape == (16, 1, 44, 44)
+    offsets = set()
+    for i in range(len(x)):
+        found = [(dy, dx) for dy in range(5) for dx in range(5) if torch.equal(y[i], x[i, :, dy:dy + 44, dx:dx + 44])]
+        assert found, f"sample {i} is not a 44x44 window of its image"
+        offsets.add(found[0])
+    assert len(offsets) > 4
+    assert torch.equal(PadCrop(padding=0, size=44, p=0.0)(x, gen()), x[..., 2:46, 2:46])  # not applied: centre
+    assert Augment(crop={"padding": 0, "size": 44}).input_size == 44
+    assert Augment(crop={"padding": 4}).input_size is None
+
+
+def test_sized_crop_larger_than_the_padded_image_is_a_config_error():
+    with pytest.raises(ConfigError, match="aug.crop.size=40"):
+        PadCrop(padding=2, size=40)(batch(), gen())  # 32 + 2*2 < 40
+
+
 def test_padcrop_rejects_unknown_padding_mode():
     with pytest.raises(ConfigError, match="padding_mode"):
         PadCrop(padding=4, padding_mode="wrap")

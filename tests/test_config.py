@@ -65,7 +65,7 @@ def test_experiment_quickstart(compose_cfg):
     assert cfg.model._target_ == "src.models.lenet.LeNet"
     assert cfg.optim._target_ == "torch.optim.AdamW" and cfg.optim.lr == 3e-3
     assert cfg.aug.flip is None  # a mirrored digit is another symbol
-    assert cfg.aug.crop == {"padding": 2, "padding_mode": "constant", "p": 1.0}  # merged into aug/basic
+    assert cfg.aug.crop == {"padding": 2, "padding_mode": "constant", "p": 1.0, "size": None}  # merged into aug/basic
     assert cfg.trainer.max_epochs == 30
     # Command-line overrides win over the experiment.
     assert compose_cfg(["experiment=quickstart", "trainer.max_epochs=1"]).trainer.max_epochs == 1

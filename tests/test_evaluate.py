@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 from hydra import compose, initialize_config_dir
 from PIL import Image
 from sklearn.metrics import roc_auc_score
@@ -248,3 +249,56 @@ def test_export_onnx_gives_the_same_logits(trained, tmp_path):
     with torch.no_grad():
         assert np.allclose(logits, model(x).numpy(), atol=1e-4)
     assert not list(tmp_path.glob("*.data"))  # one self-contained file
+
+
+# -- training crops (aug.crop.size): evaluation sees what training saw -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cropped(tmp_path_factory) -> dict:
+    """A tiny training on random 28x28 crops of 32x32 images, tested with ten-crop TTA."""
+    tmp = tmp_path_factory.mktemp("cropped")
+    root = write_dataset(tmp / "data", splits={"train": 16, "val": 6, "test": 6})
+    cfg = compose_train(fast_overrides(root, tmp / "cache", "aug=basic", "aug.crop.padding=0", "aug.crop.size=28",
+                                       "tta=tencrop", "trainer.max_epochs=2"))
+    train(cfg, tmp / "run")
+    return {"cache": tmp / "cache", "run": tmp / "run", "ckpt": str(tmp / "run" / "checkpoints" / "best.pt")}
+
+
+def test_training_crop_is_recorded_and_evaluation_reproduces_val_and_test(cropped, tmp_path):
+    assert torch.load(cropped["ckpt"], weights_only=True)["meta"]["input_size"] == 28
+    run = json.loads((cropped["run"] / "metrics.json").read_text())
+    cfg = {"cache": cropped["cache"]}  # what evaluate() needs of a fixture
+    test = evaluate(cfg, tmp_path / "test", f"ckpt_path={quote(cropped['ckpt'])}", "tta=tencrop")
+    assert test["test/acc"] == run["test/acc"] and test["test/confusion_matrix"] == run["test/confusion_matrix"]
+    val = evaluate(cfg, tmp_path / "val", f"ckpt_path={quote(cropped['ckpt'])}", "data.split=val")
+    assert val["val/acc"] == run["val/acc"] and val["val/loss"] == pytest.approx(run["val/loss"], rel=1e-5)
+
+
+def test_predictor_centre_crops_to_the_training_size():
+    """With input_size the model sees the centre crop (none, flip) or ten crops of that size (tencrop)."""
+    seen = []
+
+    class Spy(nn.Module):
+        def forward(self, x):
+            seen.append(x)
+            return x.mean(dim=(2, 3)).repeat(1, 3)
+
+    images = torch.randint(0, 256, (2, 1, 32, 32), dtype=torch.uint8)
+    Predictor(Spy(), [0.0], [1.0], input_size=28).log_probs(images)
+    assert len(seen) == 1 and torch.equal(seen[0], images[..., 2:30, 2:30].float() / 255)
+    seen.clear()
+    Predictor(Spy(), [0.0], [1.0], tta="tencrop", input_size=28).log_probs(images)
+    assert len(seen) == 10 and all(x.shape[-2:] == (28, 28) for x in seen)
+    assert torch.equal(seen[0], images[..., :28, :28].float() / 255)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_export_of_a_cropped_model_takes_the_crop(cropped, tmp_path):
+    path = export_checkpoint(cropped["ckpt"], "torchscript", str(tmp_path / "model.torchscript.pt"))
+    sidecar = json.loads(Path(f"{path}.json").read_text())
+    assert sidecar["image_size"] == 32 and sidecar["input_size"] == 28
+    model, _ = load_model(cropped["ckpt"])
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(torch.jit.load(str(path))(x), model(x), atol=1e-5)

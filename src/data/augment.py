@@ -29,26 +29,35 @@ def _applied(p: float, n: int, g: torch.Generator, device) -> torch.Tensor:
 
 
 class PadCrop:
-    """Pads by `padding` pixels and crops back to the original size at a random offset per sample."""
+    """Pads by `padding` pixels and crops `size` x `size` (default: the input's size) at a random offset
+    per sample. `size` below the image size is the FER2013 papers' training crop (random 44 of 48); the
+    model then sees `size` inputs, and evaluation crops the centre (or ten crops with tta=tencrop) to match.
+    Where the op is not applied (p < 1) the crop is the centre one."""
 
-    def __init__(self, padding: int = 4, padding_mode: str = "reflect", p: float = 1.0):
+    def __init__(self, padding: int = 4, padding_mode: str = "reflect", p: float = 1.0, size: int | None = None):
         if padding_mode not in ("reflect", "constant", "replicate"):
             raise ConfigError(f"aug.crop.padding_mode={padding_mode} is invalid: use reflect, constant or replicate")
-        self.padding, self.padding_mode, self.p = int(padding), padding_mode, p
+        if padding < 0 or (size is not None and size < 1):
+            raise ConfigError(f"aug.crop (padding={padding}, size={size}) is invalid: padding >= 0 and size >= 1")
+        self.padding, self.padding_mode, self.p, self.size = int(padding), padding_mode, p, size
 
     def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         b, _, h, w = x.shape
         pad = self.padding
-        padded = F.pad(x, (pad, pad, pad, pad), mode=self.padding_mode)
-        # Offsets in [0, 2*pad]; pad means "no shift", used where the op is not applied.
-        dy = torch.randint(0, 2 * pad + 1, (b,), generator=g, device=x.device)
-        dx = torch.randint(0, 2 * pad + 1, (b,), generator=g, device=x.device)
+        size = self.size or min(h, w)
+        if size > min(h, w) + 2 * pad:
+            raise ConfigError(f"aug.crop.size={size} is larger than the {h}x{w} images padded by {pad}")
+        padded = F.pad(x, (pad, pad, pad, pad), mode=self.padding_mode) if pad else x
+        # Offsets in [0, free]; the centre offset is used where the op is not applied.
+        free_y, free_x = h + 2 * pad - size, w + 2 * pad - size
+        dy = torch.randint(0, free_y + 1, (b,), generator=g, device=x.device)
+        dx = torch.randint(0, free_x + 1, (b,), generator=g, device=x.device)
         keep = ~_applied(self.p, b, g, x.device)
-        dy, dx = dy.masked_fill(keep, pad), dx.masked_fill(keep, pad)
-        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]  # (B, H, 1)
-        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]  # (B, 1, W)
+        dy, dx = dy.masked_fill(keep, free_y // 2), dx.masked_fill(keep, free_x // 2)
+        rows = (dy[:, None] + torch.arange(size, device=x.device))[:, :, None]  # (B, S, 1)
+        cols = (dx[:, None] + torch.arange(size, device=x.device))[:, None, :]  # (B, 1, S)
         batch = torch.arange(b, device=x.device)[:, None, None]
-        return padded[batch, :, rows, cols].permute(0, 3, 1, 2)  # gathered as (B, H, W, C)
+        return padded[batch, :, rows, cols].permute(0, 3, 1, 2)  # gathered as (B, S, S, C)
 
 
 class Flip:
@@ -196,6 +205,13 @@ class Augment:
 
     def __bool__(self) -> bool:
         return bool(self.warps or self.ops)
+
+    @property
+    def input_size(self) -> int | None:
+        """The side of the training inputs when the crop makes them smaller than the images (aug.crop.size),
+        else None (the full image). Evaluation crops to it (see inference.tta_views)."""
+        crop = next((op for op in self.ops if isinstance(op, PadCrop)), None)
+        return crop.size if crop is not None else None
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if self.warps:

@@ -132,7 +132,8 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> 
     criterion = make_criterion(cfg.loss, data.class_counts)
     params, megabytes = count_parameters(model), size_mb(model)
     log.info("Model %s: %s parameters, %.2f MB", type(model).__name__, f"{params:,}", megabytes)
-    meta = {"config": OmegaConf.to_container(cfg, resolve=True), "data": data.describe()}
+    input_size = augment.input_size if augment is not None else None  # the training crop, which evaluation uses
+    meta = {"config": OmegaConf.to_container(cfg, resolve=True), "data": data.describe(), "input_size": input_size}
     logger = build(cfg.logger, log_dir=run_dir) if main else NullLogger()
     try:
         state = trainer.fit(model, data, optimizer, schedule, augment, criterion,
@@ -144,7 +145,7 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> 
         model.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "best.pt")["model"])
         test = None
         if "test" in data.splits:
-            predictor = trainer.predictor(model, data, cfg.tta.mode, cfg.tta.crop_size)
+            predictor = trainer.predictor(model, data, cfg.tta.mode, cfg.tta.crop_size, input_size)
             test = evaluate_split(predictor, data.splits["test"], data.classes)
         best = state.history[state.best_epoch - 1]
         timed = state.history[1:] if len(state.history) > 1 else state.history  # epoch 1 pays one-time costs

@@ -1,8 +1,9 @@
 """Exporting a checkpoint's model to ONNX or TorchScript, for use outside this runner.
 
 The exported model takes the preprocessed input: float32 (N, C, H, W) with
-x = (pixel / 255 - mean) / std per channel, at the checkpoint's image size; a JSON file beside it
-records the classes, the image size, the channels and mean/std.
+x = (pixel / 255 - mean) / std per channel, at the checkpoint's image size (centre-cropped to its training
+crop, input_size, when it was trained on crops); a JSON file beside it records the classes, the image and
+input sizes, the channels and mean/std.
 """
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ def export_checkpoint(ckpt_path: str, fmt: str, output: str | None = None) -> Pa
     data = meta["data"]
     out = Path(output) if output else Path(ckpt_path).with_suffix(SUFFIXES[fmt])
     out.parent.mkdir(parents=True, exist_ok=True)
-    example = torch.randn(2, data["channels"], data["image_size"], data["image_size"])
+    side = meta.get("input_size") or data["image_size"]  # trained on centre-cropped inputs when input_size is set
+    example = torch.randn(2, data["channels"], side, side)
     if fmt == "onnx":
         try:
             import onnx  # noqa: F401  (torch's exporter needs it and onnxscript)
@@ -44,8 +46,10 @@ def export_checkpoint(ckpt_path: str, fmt: str, output: str | None = None) -> Pa
             warnings.simplefilter("ignore", FutureWarning)
             torch.jit.trace(model, example).save(str(out))
     sidecar = {"format": fmt, "model": str(out.name), "checkpoint": str(ckpt_path), "classes": data["classes"],
-               "channels": data["channels"], "image_size": data["image_size"], "mean": data["mean"], "std": data["std"],
-               "input": "float32 N x C x H x W, (pixel / 255 - mean) / std per channel", "output": "logits N x classes"}
+               "channels": data["channels"], "image_size": data["image_size"], "input_size": side,
+               "mean": data["mean"], "std": data["std"],
+               "input": "float32 N x C x input_size x input_size: images resized to image_size, centre-cropped to "
+                        "input_size, (pixel / 255 - mean) / std per channel", "output": "logits N x classes"}
     Path(f"{out}.json").write_text(json.dumps(sidecar, indent=2))
     log.info("Exported %s to %s (preprocessing in %s.json)", ckpt_path, out, out)
     return out

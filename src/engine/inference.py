@@ -47,17 +47,32 @@ def default_crop_size(image_size: int) -> int:
     return image_size * 11 // 12
 
 
-def tta_views(x: torch.Tensor, mode: str, crop_size: int | None = None) -> list[torch.Tensor]:
+def center_crop(x: torch.Tensor, size: int | None) -> torch.Tensor:
+    """The centre size x size crop (x itself when size is None or not smaller)."""
+    h, w = x.shape[-2:]
+    if size is None or size >= min(h, w):
+        return x
+    top, left = (h - size) // 2, (w - size) // 2
+    return x[..., top:top + size, left:left + size]
+
+
+def tta_views(x: torch.Tensor, mode: str, crop_size: int | None = None, input_size: int | None = None
+              ) -> list[torch.Tensor]:
     """The views whose logits are averaged: the image (none); and its mirror (flip); or the four corner
-    and the centre crops of crop_size, each also mirrored (tencrop)."""
+    and the centre crops of crop_size, each also mirrored (tencrop).
+
+    `input_size` is the side the model was trained on when training cropped (aug.crop.size, e.g. 44 of
+    48): none and flip then see the centre crop, and tencrop's crops default to that size."""
+    h, w = x.shape[-2:]
     if mode == "none":
-        return [x]
+        return [center_crop(x, input_size)]
     if mode == "flip":
-        return [x, x.flip(-1)]
+        view = center_crop(x, input_size)
+        return [view, view.flip(-1)]
     if mode != "tencrop":
         raise ConfigError(f"tta.mode={mode} is invalid: use one of {', '.join(TTA_MODES)}")
-    h, w = x.shape[-2:]
-    c = crop_size or default_crop_size(min(h, w))
+    trained_crop = input_size if input_size is not None and input_size < min(h, w) else None
+    c = crop_size or trained_crop or default_crop_size(min(h, w))
     if not 0 < c <= min(h, w):
         raise ConfigError(f"tta.crop_size={c} is invalid for {h}x{w} images")
     corners = [(0, 0), (0, w - c), (h - c, 0), (h - c, w - c), ((h - c) // 2, (w - c) // 2)]
@@ -66,15 +81,18 @@ def tta_views(x: torch.Tensor, mode: str, crop_size: int | None = None) -> list[
 
 
 class Predictor:
-    """One model, ready to predict: normalization, device, precision, memory format and TTA."""
+    """One model, ready to predict: normalization, device, precision, memory format, TTA, and the centre
+    crop to the size it was trained on (input_size, when training cropped; see tta_views)."""
 
     def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float],
                  device: torch.device | str = "cpu", precision: str = "fp32", channels_last: bool = False,
-                 tta: str = "none", crop_size: int | None = None, batch_size: int = 512):
+                 tta: str = "none", crop_size: int | None = None, batch_size: int = 512,
+                 input_size: int | None = None):
         if tta not in TTA_MODES:
             raise ConfigError(f"tta.mode={tta} is invalid: use one of {', '.join(TTA_MODES)}")
         self.model, self.device, self.precision = model, torch.device(device), precision
         self.channels_last, self.tta, self.crop_size, self.batch_size = channels_last, tta, crop_size, batch_size
+        self.input_size = input_size
         self.mean = torch.tensor(list(mean), device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(list(std), device=self.device).view(1, -1, 1, 1)
 
@@ -89,7 +107,7 @@ class Predictor:
         self.model.eval()
         out = []
         for x in self._batches(images):
-            views = tta_views(x, self.tta, self.crop_size)
+            views = tta_views(x, self.tta, self.crop_size, self.input_size)
             with autocast(self.device, self.precision):
                 logits = torch.stack([self.model(v).float() for v in views]).mean(0)
             out.append(F.log_softmax(logits, dim=1))
@@ -102,7 +120,7 @@ class Predictor:
         out = []
         for x in self._batches(images):
             with autocast(self.device, self.precision):
-                out.append(self.model.forward_features(x).float())
+                out.append(self.model.forward_features(center_crop(x, self.input_size)).float())
         return torch.cat(out).cpu()
 
 
@@ -123,7 +141,7 @@ class Ensemble:
 
 def load_model(ckpt_path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
     """The model a checkpoint holds, rebuilt from its own config, and the checkpoint's meta
-    (config, classes, channels, image_size, mean, std)."""
+    (config, data: classes, channels, image_size, mean, std; input_size: the training crop or None)."""
     ckpt = load_checkpoint(ckpt_path, map_location="cpu")
     meta = ckpt["meta"]
     data = meta.get("data") or {}
@@ -169,7 +187,8 @@ def load_predictors(ckpt_paths: Sequence[str], trainer_cfg, tta_cfg, batch_size:
                             f"({ {k: first[k] for k in described} }); an ensemble needs the same classes and input")
         predictors.append(Predictor(model, data["mean"], data["std"], device, precision, channels_last,
                                     tta_cfg.mode, tta_cfg.crop_size,
-                                    batch_size or meta["config"]["data"].get("eval_batch_size", 512)))
+                                    batch_size or meta["config"]["data"].get("eval_batch_size", 512),
+                                    meta.get("input_size")))
     return predictors, first
 
 

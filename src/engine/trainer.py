@@ -209,17 +209,20 @@ class Trainer:
 
     # -- evaluation ----------------------------------------------------------------------------------
 
-    def predictor(self, model: nn.Module, data: ImageData, tta: str = "none", crop_size: int | None = None
-                  ) -> Predictor:
-        """`model` with the data's normalization, on this trainer's device, precision and memory format."""
+    def predictor(self, model: nn.Module, data: ImageData, tta: str = "none", crop_size: int | None = None,
+                  input_size: int | None = None) -> Predictor:
+        """`model` with the data's normalization, on this trainer's device, precision and memory format;
+        input_size: the training crop's side (Augment.input_size), which evaluation crops to."""
         return Predictor(model, data.mean, data.std, self.device, self.precision, self.channels_last,
-                         tta, crop_size, data.eval_batch_size)
+                         tta, crop_size, data.eval_batch_size, input_size)
 
-    def evaluate(self, model: nn.Module, data: ImageData, split: str) -> dict | None:
+    def evaluate(self, model: nn.Module, data: ImageData, split: str, input_size: int | None = None
+                 ) -> dict | None:
         """Metrics of one split (see evaluation.evaluate_split), or None if the data has no such split."""
         if split not in data.splits:
             return None
-        return evaluate_split(self.predictor(model, data), data.splits[split], data.classes).metrics
+        predictor = self.predictor(model, data, input_size=input_size)
+        return evaluate_split(predictor, data.splits[split], data.classes).metrics
 
     # -- training ------------------------------------------------------------------------------------
 
@@ -292,12 +295,13 @@ class Trainer:
                                       f"(ckpt_path=... with the same overrides)")
                 progress = None
                 ddp.broadcast_buffers(model)  # evaluate and save one model: rank 0's
-                val = self.evaluate(model, data, "val") if has_val else None
+                input_size = augment.input_size if augment is not None else None
+                val = self.evaluate(model, data, "val", input_size) if has_val else None
                 record = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], **train}
                 if val and run.ema:  # val/* is the EMA's (the model selected and tested); val_raw/* the weights'
                     ddp.broadcast_buffers(run.ema.module)
                     record |= {f"val_raw/{k}": val[k] for k in VAL_KEYS}
-                    val = self.evaluate(run.ema.module, data, "val")
+                    val = self.evaluate(run.ema.module, data, "val", input_size)
                 if val:
                     record |= {f"val/{k}": val[k] for k in VAL_KEYS}
                     if run.per_epoch_scheduler:
