@@ -1,10 +1,16 @@
 """Comparison tables and plots from run and sweep directories:
 
     python -m src.report outputs/sweeps/<sweep> [outputs/runs/<run> ...] [--out DIR] [--no-plots]
+                         [--readme FILE --section NAME]
 
 Writes summary.md / summary.csv (one row per run, best validation first; mean ± std over runs that
-differ only in seed or data.fold in aggregate.csv), curves.png, bars.png and best_confusion_matrix.png
-into --out (default: the sweep directory when given one sweep, else outputs/reports/<date>_<time>).
+differ only in seed or data.fold in aggregate.csv; how each run was made: data, command, machine, wall
+times), curves.png, bars.png and best_confusion_matrix.png into --out (default: the sweep directory when
+given one sweep, else outputs/reports/<date>_<time>).
+
+--readme FILE --section NAME also puts summary.md into FILE between the lines `<!-- report NAME -->` and
+`<!-- /report NAME -->` (figure links made relative to FILE), so that a README's results are the
+report's, regenerated rather than typed.
 """
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from .engine.report import collect_runs, write_report
+from .engine.report import collect_runs, insert_into_document, write_report
 from .errors import UserError
 
 log = logging.getLogger("src.report")
@@ -25,14 +31,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("paths", nargs="+", help="run directories, sweep directories, or folders holding them")
     parser.add_argument("--out", help="where to write the report")
     parser.add_argument("--no-plots", action="store_true", help="tables only")
+    parser.add_argument("--readme", help="a Markdown file to put summary.md into (with --section)")
+    parser.add_argument("--section", help="the name in the --readme file's <!-- report NAME --> markers")
     args = parser.parse_args(argv)
+    if bool(args.readme) != bool(args.section):
+        parser.error("--readme and --section go together")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         runs = collect_runs(args.paths)
         single_sweep = len(args.paths) == 1 and (Path(args.paths[0]) / "jobs.jsonl").is_file()
         out = Path(args.out or (args.paths[0] if single_sweep else
                                 Path("outputs/reports") / time.strftime("%Y-%m-%d_%H-%M-%S")))
-        print(write_report(runs, out, plots=not args.no_plots))
+        markdown = write_report(runs, out, plots=not args.no_plots)
+        print(markdown)
+        if args.readme:
+            command = "python -m src.report " + " ".join(sys.argv[1:] if argv is None else argv)
+            insert_into_document(Path(args.readme), args.section, markdown, out, command)
+            log.info("Section %s of %s replaced", args.section, args.readme)
     except UserError as exc:
         log.error("%s", exc)
         return exc.exit_code

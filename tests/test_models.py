@@ -110,6 +110,14 @@ def test_stem_auto_follows_input_size(name):
     assert first_conv(build(name, input_size=224)).stride[0] > 1
 
 
+def test_stem_stride_2_halves_the_stages_resolution():
+    model = build("resnet18", input_size=48, stem_stride=2)
+    assert model.stem(torch.randn(2, 1, 44, 44)).shape[-2:] == (22, 22)
+    check_forward_backward(model, (2, 1, 44, 44), 7)
+    with pytest.raises(ConfigError, match="model.stem_stride=2"):
+        build_or_raise("resnet18", input_size=224, stem_stride=2)  # the ImageNet stem has its own strides
+
+
 def test_head_dropout_is_configurable():
     model = build("resnet18", dropout=0.3)
     assert model.head[0].p == 0.3

@@ -23,7 +23,7 @@ import torch
 from ..errors import ConfigError, DataError
 from .loader import DeviceLoader
 from .memory import device_budget_bytes
-from .sources import RawData, Split, read_digits, read_fer2013_csv, read_folder
+from .sources import CIFAR100_LABELS, RawData, Split, read_cifar100, read_digits, read_fer2013_csv, read_folder
 from .splits import assign_folds, group_holdout, limit_per_class, stratified_holdout
 
 log = logging.getLogger(__name__)
@@ -242,6 +242,21 @@ class Fer2013Data(FolderData):
                 "so that this folder holds train/ val/ test/, or point elsewhere with DATA_DIR=<folder holding "
                 "fer2013/>, data.root=PATH, or data.csv=PATH/fer2013.csv")
         return super().read()
+
+
+class Cifar100Data(ImageData):
+    """CIFAR-100 (Krizhevsky 2009) from its python-pickle release in root/cifar-100-python/, with the
+    100 fine or the 20 coarse (superclass) labels; downloaded through torchvision when missing and
+    `download` is true. Val is a stratified fraction of train (val_split); test is the official test set."""
+
+    def __init__(self, root: str, label_type: str = "fine", download: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        if label_type not in CIFAR100_LABELS:
+            raise ConfigError(f"data.label_type={label_type} is invalid: use fine or coarse")
+        self.root, self.label_type, self.download = root, label_type, download
+
+    def read(self) -> RawData:
+        return read_cifar100(self.root, self.label_type, self.channels, self.image_size, self.download)
 
 
 class DigitsData(ImageData):

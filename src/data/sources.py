@@ -290,3 +290,58 @@ def read_digits(channels: int, image_size: int) -> RawData:
     labels = torch.from_numpy(digits.target).long()
     files = [f"digits[{i}]" for i in range(len(labels))]
     return RawData([str(d) for d in digits.target_names], {"all": Split(images, labels, files)})
+
+
+# ---------------------------------------------------------------------------------------------------
+# CIFAR-100: the standard python-pickle release (cifar-100-python/{train,test,meta})
+
+CIFAR100_FOLDER = "cifar-100-python"
+CIFAR100_LABELS = {"fine": ("fine_labels", "fine_label_names"), "coarse": ("coarse_labels", "coarse_label_names")}
+
+
+def _load_pickle(path: Path) -> dict:
+    import pickle
+
+    # The release's own format: pickled dicts written by Python 2 (bytes keys, latin-1 strings). Pickle
+    # runs code while loading; read only archives from the official source (what torchvision downloads).
+    with open(path, "rb") as f:
+        return {(k.decode() if isinstance(k, bytes) else k): v for k, v in pickle.load(f, encoding="latin1").items()}
+
+
+def download_cifar100(root: Path) -> None:
+    """torchvision's downloader: fetches cifar-100-python.tar.gz from torchvision's CIFAR100.url, checks
+    its MD5 and unpacks it into root."""
+    from torchvision.datasets import CIFAR100
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    log.info("CIFAR-100 not found in %s: downloading it (about 160 MB)", root)
+    try:
+        download_and_extract_archive(CIFAR100.url, str(root), filename=CIFAR100.filename, md5=CIFAR100.tgz_md5)
+    except (OSError, RuntimeError) as exc:  # URLError is an OSError; a failed checksum a RuntimeError
+        raise DataError(f"CIFAR-100 could not be downloaded into {root} ({exc}); without internet put "
+                        f"{CIFAR100_FOLDER}/ (from cifar-100-python.tar.gz) there, or set data.root") from None
+
+
+def read_cifar100(root: str | os.PathLike, label_type: str, channels: int, image_size: int,
+                  download: bool) -> RawData:
+    """train (50,000) and test (10,000) with the fine (100) or coarse (20 superclass) labels."""
+    root = Path(root).expanduser()
+    folder = root / CIFAR100_FOLDER
+    if not (folder / "train").is_file():
+        if not download:
+            raise DataError(f"CIFAR-100 not found: {folder} does not hold train, test and meta; unpack "
+                            f"cifar-100-python.tar.gz in {root}, or set data.download=true")
+        download_cifar100(root)
+    labels_key, names_key = CIFAR100_LABELS[label_type]
+    try:
+        classes = list(_load_pickle(folder / "meta")[names_key])
+        splits = {}
+        for name in ("train", "test"):
+            batch = _load_pickle(folder / name)
+            images = torch.from_numpy(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels = torch.tensor(batch[labels_key], dtype=torch.long)
+            files = [f"{CIFAR100_FOLDER}/{name}[{i}]" for i in range(len(labels))]
+            splits[name] = Split(to_channels(resize_uint8(images, image_size), channels), labels, files)
+    except (OSError, KeyError, ValueError, EOFError) as exc:
+        raise DataError(f"{folder} is not the CIFAR-100 python release ({type(exc).__name__}: {exc})") from None
+    return RawData(classes, splits)

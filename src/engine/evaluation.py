@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from ..config import build
 from ..data import Split
 from ..errors import UserError
 from ..fileio import atomic_write_json
 from .distributed import map_shards
-from .inference import average_probabilities, load_predictors
+from .inference import average_probabilities, checkpoint_paths, load_predictors
 from .metrics import classification_metrics, per_class_table
 from .plots import confusion_matrix_figure, misclassified_figure, pca_figure, pr_figure, roc_figure, save_figure
 
@@ -114,7 +114,7 @@ def write_embedding(out_dir: str | Path, features: torch.Tensor, split: Split, c
 def run_evaluation(cfg: DictConfig, run_dir: str | Path) -> dict:
     """`python -m src.evaluate`: one checkpoint or an ensemble on a split, with the full report."""
     run_dir = Path(run_dir)
-    paths = [str(p) for p in cfg.ckpt_path] if isinstance(cfg.ckpt_path, ListConfig) else [str(cfg.ckpt_path)]
+    paths = checkpoint_paths(cfg.ckpt_path)
     predictors, shared = load_predictors(paths, cfg.trainer, cfg.tta)
     overrides = {key: value for key, value in cfg.data.items() if key != "split" and value is not None}
     data_cfg = OmegaConf.merge(shared["config"]["data"], overrides, {"cache_dir": cfg.paths.cache_dir})

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import logging
 import statistics
+import time
 from pathlib import Path
 
 import torch
@@ -17,7 +18,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from ..config import build, check_model_config, check_optimizer_config, config_differences
 from ..errors import ConfigError, UserError
 from ..fileio import atomic_write_json
-from ..models import count_parameters, size_mb
+from ..models import count_conv_layers, count_parameters, size_mb
 from . import distributed as ddp
 from .checkpoint import load_checkpoint
 from .evaluation import evaluate_split, prefixed, write_report
@@ -110,6 +111,7 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> 
 
     Under torchrun with trainer=ddp every process runs this with the same run_dir: all train and
     evaluate (on their shares), all get the same metrics, rank 0 alone writes files."""
+    run_started = time.perf_counter()
     run_dir = Path(run_dir)
     # Every check that needs no data first (device, precision, optimizer, schedule, augmentation, data
     # and model settings), so that a mistake stops the run before the dataset is decoded.
@@ -136,9 +138,11 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> 
     meta = {"config": OmegaConf.to_container(cfg, resolve=True), "data": data.describe(), "input_size": input_size}
     logger = build(cfg.logger, log_dir=run_dir) if main else NullLogger()
     try:
+        fit_started = time.perf_counter()
         state = trainer.fit(model, data, optimizer, schedule, augment, criterion,
                             run_dir / "checkpoints", seed=cfg.seed, meta=meta, logger=logger,
                             ckpt_path=ckpt_path)
+        fit_seconds = time.perf_counter() - fit_started
 
         # Honest evaluation: the checkpoint selected on val, evaluated on test once.
         ddp.barrier()  # rank 0 has written best.pt
@@ -159,8 +163,13 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> 
             "classes": data.classes,
             "model/params": params,
             "model/size_mb": round(megabytes, 3),
+            "model/conv_layers": count_conv_layers(model),
             "train/epoch_time_s": statistics.median(r["train/epoch_time_s"] for r in state.history),
             "train/images_per_s": statistics.median(r["train/images_per_s"] for r in timed),
+            # wall-clock seconds of the training (all epochs with their validation; of a resumed run, those
+            # it trained) and of the whole run (data loading, training, test evaluation)
+            "train/time_s": round(fit_seconds, 1),
+            "run_time_s": round(time.perf_counter() - run_started, 1),
             "device": str(trainer.device),
             "precision": trainer.precision,
             "seed": cfg.seed,

@@ -166,6 +166,26 @@ def _runtime_settings(trainer_cfg, trained: dict, device: torch.device) -> tuple
         return resolve_precision("auto", device), channels_last
 
 
+def checkpoint_paths(ckpt_path) -> list[str]:
+    """`ckpt_path` of evaluate / predict as checkpoint files: a file; a run directory (its
+    checkpoints/best.pt); a sweep or any folder (every checkpoints/best.pt below it, sorted); or a list
+    of these (an ensemble)."""
+    entries = [str(ckpt_path)] if isinstance(ckpt_path, (str, Path)) else [str(p) for p in ckpt_path]
+    found: list[str] = []
+    for entry in entries:
+        path = Path(entry).expanduser()
+        if not path.is_dir():
+            found.append(entry)  # a file, or a missing path that load_checkpoint reports
+        elif (path / "checkpoints" / "best.pt").is_file():
+            found.append(str(path / "checkpoints" / "best.pt"))
+        else:
+            below = sorted(str(p) for p in path.rglob("best.pt") if p.parent.name == "checkpoints")
+            if not below:
+                raise UserError(f"ckpt_path={entry} is a folder without any checkpoints/best.pt below it")
+            found += below
+    return found
+
+
 def load_predictors(ckpt_paths: Sequence[str], trainer_cfg, tta_cfg, batch_size: int | None = None
                     ) -> tuple[list[Predictor], dict]:
     """A Predictor per checkpoint (device from `trainer_cfg`; precision and channels_last from it or, when
@@ -215,8 +235,7 @@ def expand_image_paths(entries: Sequence[str]) -> list[str]:
 def predict_images(cfg) -> list[dict]:
     """`python -m src.predict`: top-k classes per image, printed and optionally written to CSV/JSON."""
     entries = [cfg.images] if isinstance(cfg.images, str) else list(cfg.images)
-    ckpt_paths = [cfg.ckpt_path] if isinstance(cfg.ckpt_path, str) else [str(p) for p in cfg.ckpt_path]
-    predictors, shared = load_predictors(ckpt_paths, cfg.trainer, cfg.tta)
+    predictors, shared = load_predictors(checkpoint_paths(cfg.ckpt_path), cfg.trainer, cfg.tta)
     classes = shared["classes"]
     files, arrays = [], []
     for file in expand_image_paths(entries):

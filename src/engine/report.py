@@ -18,6 +18,8 @@ import io
 import json
 import logging
 import math
+import os
+import re
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,9 +37,12 @@ LOCATION_KEYS = ("data.root", "data.csv", "ckpt_path", "paths.", "hydra.", "resu
 REPEAT_KEYS = ("seed", "data.fold")
 
 # column -> metrics.json key
-METRIC_COLUMNS = {"params": "model/params", "size_mb": "model/size_mb", "epoch_time_s": "train/epoch_time_s",
-                  "images_per_s": "train/images_per_s", "best_epoch": "best_epoch", "val_acc": "val/acc",
-                  "val_macro_f1": "val/macro_f1", "test_acc": "test/acc", "test_macro_f1": "test/macro_f1"}
+METRIC_COLUMNS = {"params": "model/params", "size_mb": "model/size_mb", "conv_layers": "model/conv_layers",
+                  "epoch_time_s": "train/epoch_time_s", "images_per_s": "train/images_per_s",
+                  "best_epoch": "best_epoch", "val_acc": "val/acc", "val_macro_f1": "val/macro_f1",
+                  "test_acc": "test/acc", "test_macro_f1": "test/macro_f1"}
+# How each run was made (run_info.json, metrics.json, .hydra/hydra.yaml): the second table of summary.md.
+PROVENANCE_COLUMNS = ("run", "data", "command", "machine", "train_time", "run_time")
 AGGREGATED = ("val_acc", "val_macro_f1", "test_acc", "test_macro_f1", "epoch_time_s", "images_per_s")
 
 
@@ -49,6 +54,21 @@ class Run:
     error: str = ""
     metrics: dict | None = None
     name: str = ""         # the overrides that vary between the runs of a report
+
+    def provenance(self) -> dict:
+        """The data config chosen, the command, the machine and the wall times of the run."""
+        info_file, hydra_file = self.dir / "run_info.json", self.dir / ".hydra" / "hydra.yaml"
+        info = json.loads(info_file.read_text()) if info_file.is_file() else {}
+        choices = OmegaConf.load(hydra_file).hydra.runtime.choices if hydra_file.is_file() else {}
+        machine = info.get("device_name") or info.get("device") or ""
+        if info.get("device") == "cpu" and info.get("cpu_threads"):
+            machine += f", {info['cpu_threads']} threads"
+        if (self.metrics or {}).get("world_size"):
+            machine += f", {self.metrics['world_size']} processes"
+        metrics = self.metrics or {}
+        return {"run": self.name, "data": choices.get("data", ""), "command": info.get("command", ""),
+                "machine": machine, "train_time": _duration(metrics.get("train/time_s")),
+                "run_time": _duration(metrics.get("run_time_s"))}
 
     @property
     def monitor(self) -> tuple[str, float | None]:
@@ -189,13 +209,20 @@ def _format(value) -> str:
     return str(value)
 
 
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
 def _mean_std(mean, std) -> str:
     return f"{_format(mean)} ± {_format(std)}" if std is not None else _format(mean)
 
 
 def _markdown(columns: list[str], rows: list[dict]) -> list[str]:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---:" if c not in ("run", "group", "status", "error")
-                                                          else "---" for c in columns) + "|"]
+    text = ("run", "group", "status", "error", *PROVENANCE_COLUMNS)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" if c in text else "---:" for c in columns) + "|"]
     lines += ["| " + " | ".join(_format(row.get(c)).replace("|", "\\|") for c in columns) + " |" for row in rows]
     return lines
 
@@ -218,6 +245,10 @@ def write_tables(runs: list[Run], out_dir: Path) -> str:
     shared = common_overrides(runs)
     lines = [f"{len(runs)} runs" + (f"; every run: `{' '.join(shared)}`" if shared else ""), "",
              *_markdown([c for c in columns if c != "error" or any(r["error"] for r in rows)], rows)]
+    made = [run.provenance() for run in runs]
+    made = [{**row, "command": f"`{row['command']}`" if row["command"] else ""} for row in made]
+    lines += ["", "How each run was made (train time: all epochs with their validation; run time: data loading, "
+              "training and the test evaluation):", "", *_markdown(list(PROVENANCE_COLUMNS), made)]
     grouped = [aggregate_row(name, members) for name, members in groups(runs)]
     if grouped:
         mean_std = [{"group": g["group"], "runs": g["runs"], **{c: _mean_std(g[c], g[f"{c}_std"]) for c in AGGREGATED}}
@@ -273,3 +304,18 @@ def write_report(runs: list[Run], out_dir: str | Path, plots: bool = True) -> st
             markdown += "\n" + "\n".join(f"![{Path(n).stem}]({n})" for n in names) + "\n"
             atomic_write_text(markdown, out_dir / "summary.md")
     return markdown
+
+
+def insert_into_document(document: Path, section: str, markdown: str, report_dir: Path, command: str) -> None:
+    """Replaces what lies between `<!-- report SECTION -->` and `<!-- /report SECTION -->` in `document`
+    with `markdown` (a summary.md written into report_dir), its figure links made relative to the document."""
+    begin, end = f"<!-- report {section} -->", f"<!-- /report {section} -->"
+    text = document.read_text() if document.is_file() else ""
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise UserError(f"{document} needs one line {begin} and, after it, one line {end}: the report goes "
+                        "between them")
+    prefix = Path(os.path.relpath(report_dir, document.parent)).as_posix()
+    body = re.sub(r"!\[([^\]]*)\]\(([^/)]+)\)", lambda m: f"![{m.group(1)}]({prefix}/{m.group(2)})", markdown)
+    block = f"{begin}\n<!-- generated by: {command} -->\n\n{body.strip()}\n\n{end}"
+    head, rest = text.split(begin, 1)
+    atomic_write_text(head + block + rest.split(end, 1)[1], document)

@@ -25,10 +25,15 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def count_conv_layers(model: nn.Module) -> int:
+    """Convolutions (of any dimension, grouped and 1x1 ones included), the "conv layers" of report 004."""
+    return sum(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
+
+
 def size_mb(model: nn.Module) -> float:
     """Size of the weights and buffers in MiB, as saved in a state_dict."""
     tensors = [*model.parameters(), *model.buffers()]
     return sum(t.numel() * t.element_size() for t in tensors) / 2**20
 
 
-__all__ = ["VGG", "AlexNet", "GoogLeNet", "LeNet", "ResNet", "TorchvisionNet", "count_parameters", "size_mb"]
+__all__ = ["VGG", "AlexNet", "GoogLeNet", "LeNet", "ResNet", "TorchvisionNet", "count_conv_layers", "count_parameters", "size_mb"]

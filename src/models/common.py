@@ -19,13 +19,16 @@ def resolve_stem(stem: str, input_size: int | None) -> str:
     return stem
 
 
-def make_stem(kind: str, in_channels: int, out_channels: int, activation: str = "bn_relu") -> nn.Sequential:
-    """CIFAR stem: 3x3 conv, stride 1, no pooling. ImageNet stem: 7x7 conv stride 2, 3x3 max-pool stride 2.
+def make_stem(kind: str, in_channels: int, out_channels: int, activation: str = "bn_relu",
+              cifar_stride: int = 1) -> nn.Sequential:
+    """CIFAR stem: 3x3 conv, stride `cifar_stride` (1), no pooling. ImageNet stem: 7x7 conv stride 2, 3x3
+    max-pool stride 2.
 
     `activation` is what follows the conv: "bn_relu", "bn" or "none" (pre-activation networks).
     """
     if kind == "cifar":
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)]
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, 3, stride=cifar_stride, padding=1,
+                                             bias=False)]
     else:
         layers = [nn.Conv2d(in_channels, out_channels, 7, stride=2, padding=3, bias=False)]
     if activation in ("bn_relu", "bn"):

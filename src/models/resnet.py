@@ -42,6 +42,8 @@ class ResNet(nn.Module):
             after the second-to-last block and 0.4 after the last one (the ResNeXt of report 000).
         dropout: dropout before the classifier.
         stem: "cifar" (3x3, stride 1), "imagenet" (7x7/2 + max-pool) or "auto" (by input_size).
+        stem_stride: the CIFAR stem's stride; 2 halves the resolution the stages work at, about 4x less
+            compute (the CPU recipe, experiment=fer2013_cpu).
         input_size: the training image size, used by stem="auto" only.
         zero_init_residual: start every residual branch's last BN (or conv) at zero.
     """
@@ -51,7 +53,8 @@ class ResNet(nn.Module):
                  num_stages: int | None = None, expansion: int = 1, mid_ratio: float = 1.0, groups: int = 1,
                  group_width: int | None = None, stem_width: int | None = None, se_reduction: int = 0,
                  block_dropout: float = 0.0, stage_dropout: Sequence[float] = (), dropout: float = 0.0,
-                 stem: str = "auto", input_size: int | None = None, zero_init_residual: bool = False):
+                 stem: str = "auto", stem_stride: int = 1, input_size: int | None = None,
+                 zero_init_residual: bool = False):
         super().__init__()
         if block not in BLOCKS:
             raise ConfigError(f"model.block={block} is invalid: use one of {', '.join(BLOCKS)}")
@@ -72,7 +75,10 @@ class ResNet(nn.Module):
         stage_dropout = [check_dropout("model.stage_dropout", p) for p in stage_dropout]
 
         channels = stem_width or widths[0]
-        self.stem = make_stem(resolve_stem(stem, input_size), in_channels, channels, block_class.stem_activation)
+        kind = resolve_stem(stem, input_size)
+        if stem_stride not in (1, 2) or (stem_stride != 1 and kind != "cifar"):
+            raise ConfigError(f"model.stem_stride={stem_stride} is invalid: use 1, or 2 with the CIFAR stem")
+        self.stem = make_stem(kind, in_channels, channels, block_class.stem_activation, stem_stride)
         stages = []
         for i, (depth, width) in enumerate(zip(layers, widths)):
             out_channels = width * expansion
