@@ -17,7 +17,7 @@ from sklearn.metrics import roc_auc_score
 from src.engine.evaluation import roc_auc, run_evaluation
 from src.engine.experiment import train
 from src.engine.export import export_checkpoint
-from src.engine.inference import Ensemble, Predictor, load_model, predict_images, tta_views
+from src.engine.inference import Ensemble, Predictor, checkpoint_paths, load_model, predict_images, tta_views
 from src.errors import UserError
 from src.models import LeNet
 from tests.helpers import CONF_DIR, compose_train, fast_overrides, quote, write_dataset
@@ -102,6 +102,20 @@ def test_ensemble_of_two_averages_probabilities_and_lists_members(trained, tmp_p
     members = [Predictor(*load_model(c)[:1], **normalization(c)) for c in trained["ckpts"]]
     expected = torch.stack([m.log_probs(images).exp() for m in members]).mean(0)
     assert torch.allclose(Ensemble(members).log_probs(images).exp(), expected, atol=1e-6)
+
+
+def test_run_and_sweep_directories_as_ckpt_path(trained, tmp_path):
+    """A run directory means its checkpoints/best.pt; a folder of runs (a sweep) all of them: an ensemble."""
+    assert checkpoint_paths(str(trained["runs"][0])) == [trained["ckpts"][0]]
+    assert checkpoint_paths(str(trained["runs"][0].parent)) == sorted(trained["ckpts"])
+    assert checkpoint_paths([trained["ckpts"][1], str(trained["runs"][0])]) == [trained["ckpts"][1], trained["ckpts"][0]]
+    with pytest.raises(UserError, match="without any checkpoints/best.pt"):
+        checkpoint_paths(str(tmp_path))
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "list").mkdir()
+    folder = evaluate(trained, tmp_path / "folder", f"ckpt_path={quote(trained['runs'][0].parent)}")
+    listed = evaluate(trained, tmp_path / "list", "ckpt_path=[" + ",".join(quote(c) for c in sorted(trained["ckpts"])) + "]")
+    assert folder["test/acc"] == listed["test/acc"] and folder["test/confusion_matrix"] == listed["test/confusion_matrix"]
 
 
 def normalization(ckpt: str) -> dict:
