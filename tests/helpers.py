@@ -18,6 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
 CLASSES = ("bottom", "middle", "top")  # alphabetical, as the folder reader orders them
 GROUPS = ("data", "model", "aug", "optim", "sched", "trainer", "logger", "experiment")
+# metrics.json keys that are wall-clock measurements: equal runs differ in these only
+TIMING_KEYS = frozenset({"train/epoch_time_s", "train/images_per_s", "train/time_s", "run_time_s"})
 
 
 def quote(path: str | Path) -> str:

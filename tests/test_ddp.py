@@ -13,9 +13,9 @@ import torch
 
 from src.data import DeviceLoader
 from src.engine.experiment import train
-from tests.helpers import ROOT, compose_train, fast_overrides, quote, read_metrics, write_dataset
+from tests.helpers import ROOT, TIMING_KEYS, compose_train, fast_overrides, quote, read_metrics, write_dataset
 from tests.test_data import epoch, indexed_split
-from tests.test_train import CONTRACT_KEYS, TIMING_KEYS
+from tests.test_train import CONTRACT_KEYS
 
 SPLITS = {"train": 16, "val": 4, "test": 5}  # per class: 48 training images, 15 test images (odd: unequal shards)
 

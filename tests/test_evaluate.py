@@ -108,14 +108,17 @@ def test_run_and_sweep_directories_as_ckpt_path(trained, tmp_path):
     """A run directory means its checkpoints/best.pt; a folder of runs (a sweep) all of them: an ensemble."""
     assert checkpoint_paths(str(trained["runs"][0])) == [trained["ckpts"][0]]
     assert checkpoint_paths(str(trained["runs"][0].parent)) == sorted(trained["ckpts"])
-    assert checkpoint_paths([trained["ckpts"][1], str(trained["runs"][0])]) == [trained["ckpts"][1], trained["ckpts"][0]]
+    first, second = trained["ckpts"]
+    assert checkpoint_paths([second, str(trained["runs"][0])]) == [second, first]
     with pytest.raises(UserError, match="without any checkpoints/best.pt"):
         checkpoint_paths(str(tmp_path))
     (tmp_path / "folder").mkdir()
     (tmp_path / "list").mkdir()
     folder = evaluate(trained, tmp_path / "folder", f"ckpt_path={quote(trained['runs'][0].parent)}")
-    listed = evaluate(trained, tmp_path / "list", "ckpt_path=[" + ",".join(quote(c) for c in sorted(trained["ckpts"])) + "]")
-    assert folder["test/acc"] == listed["test/acc"] and folder["test/confusion_matrix"] == listed["test/confusion_matrix"]
+    as_list = "ckpt_path=[" + ",".join(quote(c) for c in sorted(trained["ckpts"])) + "]"
+    listed = evaluate(trained, tmp_path / "list", as_list)
+    for key in ("test/acc", "test/confusion_matrix"):
+        assert folder[key] == listed[key], key
 
 
 def normalization(ckpt: str) -> dict:

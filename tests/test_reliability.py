@@ -26,13 +26,11 @@ from src.engine.experiment import train
 from src.engine.trainer import Interrupted
 from src.entry import run_or_exit
 from src.errors import DataError, UserError
-from tests.helpers import CONF_DIR, ROOT, compose_train, fast_overrides, quote, write_dataset
-
-TIMING = ("train/epoch_time_s", "train/images_per_s")
+from tests.helpers import CONF_DIR, ROOT, TIMING_KEYS, compose_train, fast_overrides, quote, write_dataset
 
 
 def without_timing(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if k not in TIMING}
+    return {k: v for k, v in metrics.items() if k not in TIMING_KEYS}
 
 
 def history(run_dir: Path) -> list[dict]:

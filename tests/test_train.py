@@ -17,14 +17,13 @@ import src.engine.trainer as trainer_module
 from src.engine.experiment import train
 from src.errors import ConfigError, DataError, UserError
 from src.models import LeNet, count_parameters
-from tests.helpers import CLASSES, compose_train, fast_overrides, quote, read_metrics, write_dataset
+from tests.helpers import CLASSES, TIMING_KEYS, compose_train, fast_overrides, quote, read_metrics, write_dataset
 
 CONTRACT_KEYS = [
     "best_epoch", "epochs", "val/acc", "val/macro_f1", "test/acc", "test/macro_f1", "test/balanced_acc",
     "test/per_class", "test/confusion_matrix", "classes", "model/params", "model/size_mb", "train/epoch_time_s",
     "train/images_per_s", "device", "precision",
 ]
-TIMING_KEYS = {"train/epoch_time_s", "train/images_per_s"}
 SPLITS = {"train": 16, "val": 6, "test": 6}  # per class
 
 

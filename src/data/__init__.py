@@ -4,4 +4,5 @@ from .datamodule import Cifar100Data, DigitsData, Fer2013Data, FolderData, Image
 from .loader import DeviceLoader
 from .sources import RawData, Split
 
-__all__ = ["Augment", "Cifar100Data", "DeviceLoader", "DigitsData", "Fer2013Data", "FolderData", "ImageData", "RawData", "Split"]
+__all__ = ["Augment", "Cifar100Data", "DeviceLoader", "DigitsData", "Fer2013Data", "FolderData", "ImageData",
+           "RawData", "Split"]

@@ -202,8 +202,8 @@ def aggregate_row(name: str, members: list[Run]) -> dict:
 def _format(value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
-    if isinstance(value, float):
-        return f"{value:.4f}" if abs(value) < 100 else f"{value:,.1f}"
+    if isinstance(value, float):  # metrics (below 1) to 4 decimals, sizes and times to 2 or 1
+        return f"{value:.4f}" if abs(value) < 1 else f"{value:.2f}" if abs(value) < 100 else f"{value:,.1f}"
     if isinstance(value, int):
         return f"{value:,}"
     return str(value)

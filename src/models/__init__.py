@@ -36,4 +36,5 @@ def size_mb(model: nn.Module) -> float:
     return sum(t.numel() * t.element_size() for t in tensors) / 2**20
 
 
-__all__ = ["VGG", "AlexNet", "GoogLeNet", "LeNet", "ResNet", "TorchvisionNet", "count_conv_layers", "count_parameters", "size_mb"]
+__all__ = ["VGG", "AlexNet", "GoogLeNet", "LeNet", "ResNet", "TorchvisionNet", "count_conv_layers", "count_parameters",
+           "size_mb"]
