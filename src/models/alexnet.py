@@ -7,14 +7,12 @@ Parameters for 7 classes and 1 input channel: 58,277,575 with the CIFAR stem (in
 """
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 
-from ..errors import ConfigError
-from .common import check_dropout, kaiming_init, resolve_stem
+from .common import ConvThenFC, kaiming_init, resolve_stem
 
 
-class AlexNet(nn.Module):
+class AlexNet(ConvThenFC):
     """conv 11x11/4 (96) → max-pool 3/2 → conv 5x5 (256) → max-pool 3/2 → conv 3x3 (384) → conv 3x3 (384)
     → conv 3x3 (256) → max-pool 3/2 → average pool to pool_size² → dropout → FC classifier_width → dropout
     → FC classifier_width → dropout (`dropout`) → FC num_classes; ReLU after every conv and hidden FC.
@@ -39,10 +37,6 @@ class AlexNet(nn.Module):
                  classifier_dropout: float = 0.5, dropout: float = 0.0, stem: str = "auto",
                  input_size: int | None = None):
         super().__init__()
-        for key, value in (("classifier_width", classifier_width), ("pool_size", pool_size)):
-            if value < 1:
-                raise ConfigError(f"model.{key}={value} is invalid: it must be at least 1")
-        p = check_dropout("model.classifier_dropout", classifier_dropout)
         if resolve_stem(stem, input_size) == "imagenet":
             conv1 = nn.Conv2d(in_channels, 96, 11, stride=4, padding=2)
         else:
@@ -54,19 +48,6 @@ class AlexNet(nn.Module):
             nn.Conv2d(384, 384, 3, padding=1), nn.ReLU(inplace=True),
             nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2),
         )
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(pool_size), nn.Flatten())
-        self.classifier = nn.Sequential(
-            nn.Dropout(p), nn.Linear(256 * pool_size**2, classifier_width), nn.ReLU(inplace=True),
-            nn.Dropout(p), nn.Linear(classifier_width, classifier_width), nn.ReLU(inplace=True),
-        )
-        self.head = nn.Sequential(nn.Dropout(check_dropout("model.dropout", dropout)),
-                                  nn.Linear(classifier_width, num_classes))
-        self.num_features = classifier_width
+        self.build_classifier(256, num_classes, pool_size, classifier_width, classifier_dropout, dropout,
+                              dropout_first=True)
         kaiming_init(self)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The penultimate-layer features: the second hidden FC layer's output (classifier_width per image)."""
-        return self.classifier(self.pool(self.features(x)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(x))

@@ -1,6 +1,7 @@
 """Pieces every model family shares: stems sized for the input, initialization, argument checks."""
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
@@ -56,3 +57,33 @@ def kaiming_init(model: nn.Module) -> None:
         elif isinstance(m, nn.BatchNorm2d | nn.GroupNorm):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+
+
+class ConvThenFC(nn.Module):
+    """AlexNet and VGG: a conv stack (`features`, built by the subclass), an average pool to pool_size²,
+    two hidden fully connected layers of classifier_width (`classifier`) and the head (dropout, FC)."""
+
+    def build_classifier(self, channels: int, num_classes: int, pool_size: int, classifier_width: int,
+                         classifier_dropout: float, dropout: float, dropout_first: bool) -> None:
+        """dropout_first: dropout before each hidden FC (AlexNet, as torchvision) or after its ReLU (VGG)."""
+        for key, value in (("classifier_width", classifier_width), ("pool_size", pool_size)):
+            if value < 1:
+                raise ConfigError(f"model.{key}={value} is invalid: it must be at least 1")
+        p = check_dropout("model.classifier_dropout", classifier_dropout)
+
+        def hidden(inputs: int) -> list[nn.Module]:
+            fc = [nn.Linear(inputs, classifier_width), nn.ReLU(inplace=True)]
+            return [nn.Dropout(p), *fc] if dropout_first else [*fc, nn.Dropout(p)]
+
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(pool_size), nn.Flatten())
+        self.classifier = nn.Sequential(*hidden(channels * pool_size**2), *hidden(classifier_width))
+        self.head = nn.Sequential(nn.Dropout(check_dropout("model.dropout", dropout)),
+                                  nn.Linear(classifier_width, num_classes))
+        self.num_features = classifier_width
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The penultimate-layer features: the second hidden FC layer's output (classifier_width per image)."""
+        return self.classifier(self.pool(self.features(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_features(x))

@@ -8,11 +8,10 @@ classifier_width=4096) vgg11 has 128,796,615 (491.3 MB); without batch norm, for
 """
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
-from .common import check_dropout, kaiming_init
+from .common import ConvThenFC, kaiming_init
 
 # Output channels of each 3x3 conv; "M" is a 2x2 max-pool.
 LAYERS: dict[int, list[int | str]] = {
@@ -23,7 +22,7 @@ LAYERS: dict[int, list[int | str]] = {
 }
 
 
-class VGG(nn.Module):
+class VGG(ConvThenFC):
     """The conv stack of LAYERS[depth] → average pool to pool_size² → FC classifier_width → dropout
     → FC classifier_width → dropout → dropout (`dropout`) → FC num_classes; ReLU after every conv and
     hidden FC, as in the paper and torchvision.
@@ -54,10 +53,6 @@ class VGG(nn.Module):
         super().__init__()
         if depth not in LAYERS:
             raise ConfigError(f"model.depth={depth} is invalid: use one of {', '.join(map(str, LAYERS))}")
-        for key, value in (("classifier_width", classifier_width), ("pool_size", pool_size)):
-            if value < 1:
-                raise ConfigError(f"model.{key}={value} is invalid: it must be at least 1")
-        p = check_dropout("model.classifier_dropout", classifier_dropout)
         layers: list[nn.Module] = []
         channels = in_channels
         for v in LAYERS[depth]:
@@ -70,19 +65,6 @@ class VGG(nn.Module):
             layers.append(nn.ReLU(inplace=True))
             channels = v
         self.features = nn.Sequential(*layers)
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(pool_size), nn.Flatten())
-        self.classifier = nn.Sequential(
-            nn.Linear(channels * pool_size**2, classifier_width), nn.ReLU(inplace=True), nn.Dropout(p),
-            nn.Linear(classifier_width, classifier_width), nn.ReLU(inplace=True), nn.Dropout(p),
-        )
-        self.head = nn.Sequential(nn.Dropout(check_dropout("model.dropout", dropout)),
-                                  nn.Linear(classifier_width, num_classes))
-        self.num_features = classifier_width
+        self.build_classifier(channels, num_classes, pool_size, classifier_width, classifier_dropout, dropout,
+                              dropout_first=False)
         kaiming_init(self)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The penultimate-layer features: the second hidden FC layer's output (classifier_width per image)."""
-        return self.classifier(self.pool(self.features(x)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(x))
