@@ -64,6 +64,8 @@ def tta_views(x: torch.Tensor, mode: str, crop_size: int | None = None, input_si
     `input_size` is the side the model was trained on when training cropped (aug.crop.size, e.g. 44 of
     48): none and flip then see the centre crop, and tencrop's crops default to that size."""
     h, w = x.shape[-2:]
+    if input_size is not None and input_size >= min(h, w):
+        input_size = None  # trained on whole images
     if mode == "none":
         return [center_crop(x, input_size)]
     if mode == "flip":
@@ -71,8 +73,7 @@ def tta_views(x: torch.Tensor, mode: str, crop_size: int | None = None, input_si
         return [view, view.flip(-1)]
     if mode != "tencrop":
         raise ConfigError(f"tta.mode={mode} is invalid: use one of {', '.join(TTA_MODES)}")
-    trained_crop = input_size if input_size is not None and input_size < min(h, w) else None
-    c = crop_size or trained_crop or default_crop_size(min(h, w))
+    c = crop_size or input_size or default_crop_size(min(h, w))
     if not 0 < c <= min(h, w):
         raise ConfigError(f"tta.crop_size={c} is invalid for {h}x{w} images")
     corners = [(0, 0), (0, w - c), (h - c, 0), (h - c, w - c), ((h - c) // 2, (w - c) // 2)]

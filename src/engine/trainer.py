@@ -282,6 +282,7 @@ class Trainer:
             log.info("%d processes, each on its share of every epoch: global batch %d", self.world_size,
                      data.batch_size * self.world_size)
 
+        input_size = augment.input_size if augment is not None else None  # validation sees the training crop
         with _StopOnSigint() as stop:
             for epoch in range(state.epoch + 1, self.max_epochs + 1):
                 progress = progress or EpochProgress(epoch, shuffle_state=loader.generator.get_state())
@@ -295,7 +296,6 @@ class Trainer:
                                       f"(ckpt_path=... with the same overrides)")
                 progress = None
                 ddp.broadcast_buffers(model)  # evaluate and save one model: rank 0's
-                input_size = augment.input_size if augment is not None else None
                 val = self.evaluate(model, data, "val", input_size) if has_val else None
                 record = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], **train}
                 if val and run.ema:  # val/* is the EMA's (the model selected and tested); val_raw/* the weights'
