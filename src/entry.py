@@ -65,14 +65,43 @@ OmegaConf.register_new_resolver("start_time", _start_time, replace=True, use_cac
 OmegaConf.register_new_resolver("job_dirname", _job_dirname, replace=True)
 
 
-def run_or_exit(work: Callable[[], T], logger: logging.Logger) -> T:
-    """Runs `work`; a UserError is logged as its one sentence and ends the process with its exit code
-    (2, or 130 for Ctrl-C). In a multirun it is re-raised instead, so that Hydra records the job as
-    failed and goes on with the other jobs."""
+def run_or_exit(work: Callable[[], T], logger: logging.Logger, on_error: Callable[[], None] | None = None) -> T | None:
+    """Runs `work`. A UserError (bad data, config or file) is logged as its one sentence and ends the
+    process with its exit code (2, or 130 for Ctrl-C), after `on_error` (cleanup); so does Ctrl-C at any
+    moment (130), without a traceback.
+
+    In a multirun a failed job must not end the sweep: its error (a UserError's sentence, or the traceback
+    of anything else, which also goes to the job's log) is kept for the sweep callback, which records the
+    job as failed, and None is returned; the sweep ends with one sentence and a non-zero exit once every
+    job ran (src/engine/sweep.py). Ctrl-C stops the whole sweep."""
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         return work()
+    except KeyboardInterrupt:
+        logger.error("Interrupted (Ctrl-C)")
+        sys.exit(130)
     except UserError as exc:
         logger.error("%s", exc)
-        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise
-        sys.exit(exc.exit_code)
+        if exc.exit_code == 130 or not multirun:
+            if on_error is not None and not multirun:
+                on_error()
+            sys.exit(exc.exit_code)
+        error = exc
+    except Exception as exc:
+        if not multirun:
+            raise  # a bug, not the user's mistake: Python's traceback is what helps
+        logger.exception("The job crashed")
+        error = exc
+    global _job_error
+    _job_error = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    return None
+
+
+_job_error: str | None = None  # the failure of the multirun job this process ran last, for the sweep callback
+
+
+def take_job_error() -> str | None:
+    """The error of the job that just ended in this process (see run_or_exit), once."""
+    global _job_error
+    error, _job_error = _job_error, None
+    return error

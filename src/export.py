@@ -10,6 +10,7 @@ import logging
 import hydra
 from omegaconf import DictConfig
 
+from .config import EXPORT_RULES, check_values
 from .engine.export import export_checkpoint
 from .entry import run_or_exit
 
@@ -18,7 +19,11 @@ log = logging.getLogger("src.export")
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")
 def main(cfg: DictConfig) -> None:
-    run_or_exit(lambda: export_checkpoint(cfg.ckpt_path, cfg.format, cfg.output), log)
+    def export() -> None:
+        check_values(cfg, EXPORT_RULES)
+        export_checkpoint(cfg.ckpt_path, cfg.format, cfg.output)
+
+    run_or_exit(export, log)
 
 
 if __name__ == "__main__":

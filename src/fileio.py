@@ -1,10 +1,16 @@
-"""Atomic writes: a file is written beside its destination and renamed over it, so a crash at any
-moment leaves either the previous version or the new one, never a partial file."""
+"""Files on disk: atomic writes and reads that cannot hang.
+
+A file is written beside its destination and renamed over it, so a crash at any moment leaves either
+the previous version or the new one, never a partial file. Every file the runner reads that a user
+names or hands over (images, checkpoints, CSVs, caches, run records) is opened with `open_regular`,
+which refuses FIFOs, sockets and devices instead of blocking on them.
+"""
 from __future__ import annotations
 
 import io
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +36,38 @@ def _atomic_write(path: str | os.PathLike, mode: str, write: Callable[[IO], None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class NotRegularFileError(OSError):
+    """A path that is a FIFO, socket, device or folder where a file was expected."""
+
+
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def open_regular(path: str | os.PathLike) -> IO[bytes]:
+    """Opens a regular file for binary reading. Anything else raises NotRegularFileError at once: opening
+    a FIFO normally blocks until a writer appears, and reading a device may never end. The open itself is
+    non-blocking and the check is made on the opened descriptor, so a file swapped in between cannot slip
+    through."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+            raise NotRegularFileError(f"{path} is {kind}, not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_text(path: str | os.PathLike, encoding: str = "utf-8") -> str:
+    """A text file's content, read through open_regular."""
+    with open_regular(path) as f:
+        return f.read().decode(encoding)
 
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> None:

@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from .engine import distributed
-from .engine.experiment import train
+from .engine.experiment import discard_if_untrained, train
 from .engine.gpu_claim import gpu_for_sweep_job
 from .entry import run_or_exit
 
@@ -27,8 +27,12 @@ def main(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = hydra_cfg.runtime.output_dir
     with gpu_for_sweep_job(cfg, hydra_cfg):
-        metrics = run_or_exit(lambda: train(cfg, run_dir, choices=dict(hydra_cfg.runtime.choices)), log)
+        # A run stopped by an error before it trained leaves no empty run directory (rank 0 owns it).
+        cleanup = (lambda: discard_if_untrained(run_dir)) if distributed.launched_rank() == 0 else None
+        metrics = run_or_exit(lambda: train(cfg, run_dir, choices=dict(hydra_cfg.runtime.choices)), log, cleanup)
     distributed.shutdown()
+    if metrics is None:  # a failed job of a sweep (see entry.run_or_exit): the sweep goes on
+        return None
     log.info("Run directory: %s", run_dir)
     return metrics.get(cfg.trainer.monitor)
 

@@ -6,6 +6,8 @@ is LeNet, and trainings run one to a few epochs on the CPU. Helpers live in test
 from __future__ import annotations
 
 import itertools
+import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +16,11 @@ import torch
 from omegaconf import DictConfig
 
 from tests.helpers import compose_train, fast_overrides, write_dataset
+
+# The decode cache's per-user secret (src/data/cache.py) goes to a temporary folder, not the user's
+# ~/.config; subprocesses of the tests inherit it.
+os.environ.setdefault("FER_RUNNER_CACHE_SECRET", os.path.join(tempfile.mkdtemp(prefix="fer-runner-tests-"),
+                                                               "cache-secret"))
 
 # The models and batches here are tiny: one intra-op thread is as fast as several on an idle machine,
 # and on a busy 2-core one (CI, a training in the background) two threads make every op wait for the

@@ -95,7 +95,7 @@ def test_huge_declared_size_is_refused_without_decoding(tmp_path, decodes):
     assert time.perf_counter() - start < 1
     assert decodes == []  # refused from the header: no pixel buffer was ever allocated
     decode_image(good(tmp_path / "ok.png"), 3, 16)
-    assert decodes == [(8, 8)]  # (the spy does see real decodes)
+    assert set(decodes) == {(8, 8)}  # (the spy does see real decodes; reading EXIF may call load() once more)
 
 
 def test_size_between_pillows_warning_and_error_is_refused(tmp_path, decodes):

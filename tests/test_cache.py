@@ -1,6 +1,7 @@
 """The decode-once cache: served when nothing changed, rebuilt when anything did or when it is damaged."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -11,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+import src.data.cache as cache_module
 import src.data.sources as sources
 from src.data import FolderData
 from src.errors import BadImageError
@@ -121,7 +123,8 @@ def test_other_decode_settings_use_another_entry(dataset, cache_dir, decode_call
     assert len(cache_files(cache_dir)) == 2
 
 
-@pytest.mark.parametrize("damage", ["overwrite_middle", "truncate", "garbage", "tampered_pixels"])
+@pytest.mark.parametrize("damage", ["overwrite_middle", "truncate", "garbage", "tampered_pixels",
+                                    "tampered_skipped_list", "forged_digest"])
 def test_damaged_cache_file_is_rebuilt(dataset, cache_dir, decode_calls, damage, caplog):
     first = snapshot(read(dataset, cache_dir))
     (path,) = cache_files(cache_dir)
@@ -134,9 +137,18 @@ def test_damaged_cache_file_is_rebuilt(dataset, cache_dir, decode_calls, damage,
         path.write_bytes(bytes(raw[: len(raw) // 3]))
     elif damage == "garbage":
         path.write_bytes(b"not a torch file at all")
-    else:  # a loadable file whose pixels no longer match the stored checksum
+    elif damage == "tampered_pixels":  # a loadable file whose pixels no longer match its digest
         entry = torch.load(path, weights_only=True)
-        entry["images"][0] ^= 0xFF
+        entry["data"]["images"][0] ^= 0xFF
+        torch.save(entry, path)
+    elif damage == "tampered_skipped_list":  # every image marked unreadable: all would be dropped
+        entry = torch.load(path, weights_only=True)
+        entry["data"]["bad"] = [[i, "forged"] for i in range(12)]
+        torch.save(entry, path)
+    else:  # tampered, with a digest recomputed the way one could without this user's secret
+        entry = torch.load(path, weights_only=True)
+        entry["data"]["images"][0] ^= 0xFF
+        entry["digest"] = hashlib.sha256(entry["data"]["images"].numpy().tobytes()).hexdigest()
         torch.save(entry, path)
     decode_calls.clear()
     with caplog.at_level(logging.WARNING, logger="src.data.cache"):
@@ -149,15 +161,85 @@ def test_damaged_cache_file_is_rebuilt(dataset, cache_dir, decode_calls, damage,
     assert decode_calls == []
 
 
-def test_bad_images_are_remembered_by_the_cache(dataset, cache_dir, decode_calls):
+def test_unreadable_images_are_read_again_not_served_from_the_cache(dataset, cache_dir, decode_calls):
     bad = dataset / "top" / "x.jpg"
     bad.write_text("not a jpeg")
     data = read(dataset, cache_dir, on_bad_image="skip")
     assert sum(len(s) for s in data.splits.values()) == 12
     decode_calls.clear()
     with pytest.raises(BadImageError, match=re.escape(str(bad))):
-        read(dataset, cache_dir)  # served from the cache, still refused without on_bad_image=skip
-    assert decode_calls == []
+        read(dataset, cache_dir)  # still refused without on_bad_image=skip
+    assert decode_calls == [str(bad)]  # the others come from the cache; the failure is tried again
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
+def test_a_read_failure_fixed_afterwards_is_not_remembered(dataset, cache_dir, decode_calls):
+    locked = dataset / "top" / "img_000.png"
+    locked.chmod(0)  # permission denied: size and mtime, hence the cache key, stay the same when fixed
+    with pytest.raises(BadImageError, match=re.escape(str(locked))):
+        read(dataset, cache_dir)
+    assert sum(len(s) for s in read(dataset, cache_dir, on_bad_image="skip").splits.values()) == 11
+    locked.chmod(0o644)
+    decode_calls.clear()
+    data = read(dataset, cache_dir)
+    assert sum(len(s) for s in data.splits.values()) == 12 and decode_calls == [str(locked)]
+    decode_calls.clear()
+    assert sum(len(s) for s in read(dataset, cache_dir).splits.values()) == 12 and decode_calls == []
+
+
+def test_a_read_failure_fixed_afterwards_is_not_remembered_as_root(dataset, cache_dir, decode_calls, monkeypatch):
+    """The same as above where permissions cannot fail a read (root): the decoder fails for one file."""
+    locked = str(dataset / "top" / "img_000.png")
+    real = sources.decode_image
+
+    def denied(path, *args):
+        if path == locked:
+            raise BadImageError(f"cannot read image {path}: [Errno 13] Permission denied")
+        return real(path, *args)
+
+    monkeypatch.setattr(sources, "decode_image", denied)
+    assert sum(len(s) for s in read(dataset, cache_dir, on_bad_image="skip").splits.values()) == 11
+    monkeypatch.setattr(sources, "decode_image", real)
+    assert sum(len(s) for s in read(dataset, cache_dir, on_bad_image="skip").splits.values()) == 12
+
+
+def test_a_cache_written_under_another_secret_is_not_trusted(dataset, cache_dir, tmp_path, monkeypatch, caplog):
+    """A cache entry made by another user (or copied from another machine) is decoded again, even when its
+    content is self-consistent: only this user's runner can make an entry that passes the check."""
+    first = snapshot(read(dataset, cache_dir))
+    monkeypatch.setenv("FER_RUNNER_CACHE_SECRET", str(tmp_path / "someone_else" / "secret"))
+    cache_module._secret.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="src.data.cache"):
+            assert same(snapshot(read(dataset, cache_dir)), first)
+        assert "fails its integrity check" in caplog.text
+    finally:
+        monkeypatch.undo()
+        cache_module._secret.cache_clear()
+
+
+def test_a_fifo_at_the_cache_path_does_not_hang(dataset, cache_dir, decode_calls):
+    first = snapshot(read(dataset, cache_dir))
+    (path,) = cache_files(cache_dir)
+    path.unlink()
+    os.mkfifo(path)
+    decode_calls.clear()
+    assert same(snapshot(read(dataset, cache_dir)), first)  # refused at once and decoded again
+    assert len(decode_calls) == 12
+
+
+def test_fer2013_csv_label_tampering_is_detected(tmp_path, cache_dir, caplog):
+    csv = write_fer_csv(tmp_path / "fer2013.csv")
+    first = read_fer(csv, cache_dir)
+    (path,) = cache_files(cache_dir)
+    entry = torch.load(path, weights_only=True)
+    entry["data"]["labels"] = [0] * len(entry["data"]["labels"])  # every label "angry"
+    torch.save(entry, path)
+    with caplog.at_level(logging.WARNING, logger="src.data.cache"):
+        again = read_fer(csv, cache_dir)
+    assert "fails its integrity check" in caplog.text
+    for name, split in first.splits.items():
+        assert torch.equal(again.splits[name].labels, split.labels)
 
 
 def test_fer2013_csv_is_parsed_once(tmp_path, cache_dir, monkeypatch):

@@ -100,7 +100,8 @@ def test_torchrun_with_a_single_process_trainer_is_a_clear_error(tmp_path, data_
     result = torchrun(*fast_overrides(data_root, tmp_path / "cache"), f"paths.output_dir={quote(out)}")
     assert result.returncode != 0
     assert "torchrun started 2 processes, but this trainer trains in one" in result.stdout + result.stderr
-    assert len(list((out / "runs").iterdir())) == 1  # and no second directory
+    # No second directory; rank 0 removes the one both shared, since the run stopped before training.
+    assert len(list((out / "runs").iterdir())) <= 1
 
 
 def test_ddp_trainer_without_torchrun_trains_in_one_process(tmp_path, data_root, caplog):

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..config import check_arguments, check_value
 from ..errors import ConfigError
 
 
@@ -184,6 +185,17 @@ class Erase:
         return torch.where(box[:, None], fill, x)
 
 
+def _make(op: type, cfg: Mapping, key: str):
+    """An op from its config mapping, every setting checked against the op's constructor first (types)
+    and its probability p in [0, 1]."""
+    if not isinstance(cfg, Mapping):
+        raise ConfigError(f"{key}={cfg} is invalid: it must be a mapping of the op's settings, or null (off)")
+    check_arguments(op, cfg, key)
+    if "p" in cfg:
+        check_value(f"{key}.p", cfg["p"], float, lambda p: 0 <= p <= 1, "in [0, 1]")
+    return op(**cfg)
+
+
 class Augment:
     """The `aug=` config group: each op is configured by a mapping of its parameters, or null for off.
 
@@ -197,11 +209,13 @@ class Augment:
                  erase: Mapping | None = None, mix: Mapping | None = None):
         from ..engine.mixing import BatchMix
 
-        mixing = BatchMix(**mix) if mix is not None else None
+        mixing = _make(BatchMix, mix, "aug.mix") if mix is not None else None
         self.mix = mixing if mixing is not None and mixing.enabled else None
-        self.warps = [op(**cfg) for op, cfg in ((ResizedCrop, resized_crop), (Affine, affine)) if cfg is not None]
-        self.ops = [op(**cfg) for op, cfg in ((PadCrop, crop), (Flip, flip), (ColorJitter, jitter), (Erase, erase))
-                    if cfg is not None]
+        self.warps = [_make(op, cfg, f"aug.{key}") for op, cfg, key in
+                      ((ResizedCrop, resized_crop, "resized_crop"), (Affine, affine, "affine")) if cfg is not None]
+        self.ops = [_make(op, cfg, f"aug.{key}") for op, cfg, key in
+                    ((PadCrop, crop, "crop"), (Flip, flip, "flip"), (ColorJitter, jitter, "jitter"),
+                     (Erase, erase, "erase")) if cfg is not None]
 
     def __bool__(self) -> bool:
         return bool(self.warps or self.ops)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from ..config import check_value
 from ..errors import ConfigError, DataError
 from .loader import DeviceLoader
 from .memory import device_budget_bytes
@@ -52,6 +53,8 @@ class ImageData:
              "must be in [0, data.folds)" if folds else "needs data.folds (cross-validation is off)"),
             (group_regex is None or folds is not None, "data.group_regex", group_regex,
              "needs data.folds: groups are only used to keep them whole in cross-validation folds"),
+            (max_device_bytes is None or max_device_bytes >= 0, "data.max_device_bytes", max_device_bytes,
+             "must be null (half the GPU's memory) or >= 0"),
         ]
         for ok, key, value, rule in checks:
             if not ok:
@@ -60,7 +63,7 @@ class ImageData:
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_split, self.test_split, self.split_seed = val_split, test_split, split_seed
         self.selected_classes = list(classes) if classes else None
-        self.per_class_limit = dict(per_class_limit) if per_class_limit else {}
+        self.per_class_limit = _check_per_class_limit(per_class_limit)
         self.balanced = balanced
         self.mean, self.std = mean, std
         self.max_device_bytes, self.cache_dir = max_device_bytes, cache_dir
@@ -100,8 +103,6 @@ class ImageData:
         if self.selected_classes:
             splits = self._select_classes(splits, raw.classes)
         for name, limit in self.per_class_limit.items():
-            if name not in ("train", "val", "test"):
-                raise ConfigError(f"data.per_class_limit has key {name!r}; use train, val or test")
             if name in splits:
                 splits[name] = splits[name].subset(
                     limit_per_class(splits[name].labels, self.classes, limit, self.split_seed + 2))
@@ -209,6 +210,23 @@ class ImageData:
         """What a checkpoint stores so that evaluate/predict can preprocess new images the same way."""
         return {"classes": list(self.classes), "channels": self.channels, "image_size": self.image_size,
                 "mean": list(self.mean), "std": list(self.std)}
+
+
+def _check_per_class_limit(limits: Mapping | None) -> dict:
+    """{split: N or {class: N}} with N a positive integer (a negative one would silently act as a slice)."""
+    if not limits:
+        return {}
+    checked = {}
+    for split, limit in limits.items():
+        key = f"data.per_class_limit.{split}"
+        if split not in ("train", "val", "test"):
+            raise ConfigError(f"data.per_class_limit has key {split!r}; use train, val or test")
+        caps = limit.items() if isinstance(limit, Mapping) else [(None, limit)]
+        for name, cap in caps:
+            check_value(f"{key}.{name}" if name is not None else key, cap, int, lambda n: n >= 1,
+                        "a positive integer (or a mapping from class name to one)")
+        checked[split] = dict(limit) if isinstance(limit, Mapping) else limit
+    return checked
 
 
 class FolderData(ImageData):

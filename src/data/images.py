@@ -6,9 +6,10 @@ import warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from ..errors import BadImageError
+from ..fileio import open_regular
 
 # Extensions Pillow reads that image datasets ship in; anything else in a class folder is skipped.
 IMAGE_EXTENSIONS = frozenset(
@@ -30,6 +31,16 @@ def _to_8bit_mode(im: Image.Image, channels: int) -> Image.Image:
     return im if im.mode == target else im.convert(target)
 
 
+def _upright(im: Image.Image) -> Image.Image:
+    """The image as it is meant to be seen: a phone photo stored sideways with an EXIF "rotate 90°" tag is
+    turned upright. A damaged EXIF block is ignored (the pixels are still fine)."""
+    try:
+        orientation = im.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # noqa: BLE001 - Pillow raises many types for broken metadata
+        return im
+    return ImageOps.exif_transpose(im) if orientation in range(2, 9) else im
+
+
 def decode_image(path: str, channels: int, size: int) -> np.ndarray:
     """Returns the image at `path` as a (size, size, channels) uint8 array (first frame of animations).
 
@@ -39,8 +50,9 @@ def decode_image(path: str, channels: int, size: int) -> np.ndarray:
         with warnings.catch_warnings():
             # Pillow warns (rather than fails) on some damaged files; treat those as unreadable too.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                im = _to_8bit_mode(im, channels)
+            # open_regular: a FIFO or device named like an image is refused instead of blocking the run
+            with open_regular(path) as f, Image.open(f) as im:
+                im = _to_8bit_mode(_upright(im), channels)
                 if im.size != (size, size):
                     im = im.resize((size, size), Image.Resampling.BILINEAR)
                 array = np.asarray(im, dtype=np.uint8)

@@ -7,8 +7,10 @@ folder layout, digits); `ImageData` then draws val/test from it.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +19,8 @@ import torch
 from tqdm import tqdm
 
 from ..errors import BadImageError, DataError
-from .cache import cache_key, cached_decode
+from ..fileio import open_regular
+from .cache import DecodeCache, cache_key
 from .images import IMAGE_EXTENSIONS, decode_image, resize_uint8, to_channels
 from .memory import check_fits_in_host_memory
 
@@ -79,26 +82,57 @@ def _class_dirs(folder: Path) -> list[str]:
     return sorted(names)
 
 
-def find_images(folder: Path) -> list[str]:
-    """Image files under a folder, recursively, sorted; hidden files and non-images are skipped.
+def find_images(folder: Path, not_regular: list[str] | None = None) -> list[str]:
+    """Image files under a folder, recursively, sorted; hidden files and non-images are skipped, and so
+    are FIFOs, sockets and devices (opening one could block the run forever). A broken symlink with an
+    image name is kept, so that decoding reports it rather than the image silently going missing.
 
     Symlinked folders are followed, each real folder once (at its first path in sorted, depth-first
     order); a link to a folder that holds the link (itself, a parent, the dataset root) is a loop and is
     not followed: it would bring other classes' images (or the whole disk) into this class.
+    An unreadable folder is an error naming it. The entries that are not regular files are appended to
+    `not_regular` when given (to be reported once for a whole dataset), else reported here.
     """
-    found, visited, chains = [], set(), {}
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        real = os.path.realpath(dirpath)
+    found: list[str] = []
+    visited: set[str] = set()
+    report_here = not_regular is None
+    not_regular = [] if not_regular is None else not_regular
+
+    def walk(path: str, chain: tuple[str, ...]) -> None:
+        real = os.path.realpath(path)
         if real in visited:  # a second link to the same folder
-            dirnames[:] = []
-            continue
+            return
         visited.add(real)
-        chain = chains[dirpath] = (*chains.get(os.path.dirname(dirpath), ()), real)  # real folders down to here
-        dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d) and not _is_loop(os.path.join(dirpath, d), chain))
-        for name in sorted(filenames):
-            if not _is_hidden(name) and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS:
-                found.append(os.path.join(dirpath, name))
+        chain = (*chain, real)  # the real folders down to here
+        try:
+            with os.scandir(path) as it:
+                entries = sorted((e for e in it if not _is_hidden(e.name)), key=lambda e: e.name)
+        except OSError as exc:
+            raise DataError(f"cannot read folder {path}: {exc.strerror or exc}") from None
+        folders = []
+        for entry in entries:
+            if entry.is_dir():  # follows symlinks
+                if not _is_loop(entry.path, chain):
+                    folders.append(entry.path)
+            elif os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+                # d_type answers is_file() without a stat call, except for symlinks
+                if entry.is_file() or (entry.is_symlink() and not os.path.exists(entry.path)):
+                    found.append(entry.path)
+                else:
+                    not_regular.append(entry.path)
+        for sub in folders:
+            walk(sub, chain)
+
+    walk(os.fspath(folder), ())
+    if report_here:
+        _report_not_regular(not_regular)
     return found
+
+
+def _report_not_regular(paths: list[str]) -> None:
+    if paths:
+        log.warning("Skipped %d entries with image names that are not regular files (FIFOs, sockets or devices), "
+                    "first: %s", len(paths), paths[0])
 
 
 def _scan(root: Path) -> tuple[list[str], list[tuple[str, int, str]]]:
@@ -114,7 +148,7 @@ def _scan(root: Path) -> tuple[list[str], list[tuple[str, int, str]]]:
     if not classes:
         raise DataError(f"dataset folder {main_dir} has no class folders "
                         f"(expected {root}/<class>/<image> or {root}/train/<class>/<image>)")
-    entries = []
+    entries, not_regular = [], []
     for split, split_dir in split_dirs.items():
         names = _class_dirs(split_dir)
         if not names:
@@ -124,10 +158,11 @@ def _scan(root: Path) -> tuple[list[str], list[tuple[str, int, str]]]:
             raise DataError(f"class folder {split_dir / unknown[0]} is not a class of the training split "
                             f"(training classes: {', '.join(classes)})")
         for name in names:
-            files = find_images(split_dir / name)
+            files = find_images(split_dir / name, not_regular)
             if not files and split_dir == main_dir:
                 raise DataError(f"class folder {split_dir / name} has no images")
             entries.extend((split, classes.index(name), f) for f in files)
+    _report_not_regular(not_regular)
     return classes, entries
 
 
@@ -166,6 +201,20 @@ def _decode_all(paths: list[str], channels: int, size: int, desc: str) -> dict:
     return {"images": torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), "bad": sorted(bad)}
 
 
+def _retry_unreadable(decoded: dict, paths: list[str], channels: int, size: int) -> bool:
+    """A failure is never served from the cache: the images that could not be read when the cache was
+    made (permission denied, a file still being copied) are read again. Returns whether any now reads."""
+    still_bad, fixed = [], False
+    for index, _ in decoded["bad"]:
+        try:
+            decoded["images"][index] = torch.tensor(decode_image(paths[index], channels, size)).permute(2, 0, 1)
+            fixed = True
+        except BadImageError as exc:
+            still_bad.append([index, str(exc)])
+    decoded["bad"] = still_bad
+    return fixed
+
+
 def read_folder(root: str | os.PathLike, channels: int, image_size: int, cache_dir: str | None,
                 on_bad_image: str = "error") -> RawData:
     """Reads an ImageFolder-style dataset (with or without train/val/test split folders)."""
@@ -183,8 +232,13 @@ def read_folder(root: str | os.PathLike, channels: int, image_size: int, cache_d
     key = cache_key("folder", str(root.resolve()), channels, image_size,
                     [[s, c, relative(p), *((st.st_size, st.st_mtime_ns) if st else (-1, -1))]
                      for (s, c, p), st in zip(entries, stats)])
-    decoded = cached_decode(cache_dir, str(root), key,
-                            lambda: _decode_all(paths, channels, image_size, f"decoding {root.name}"))
+    cache = DecodeCache(cache_dir, str(root), key)
+    decoded = cache.load()
+    if decoded is None:
+        decoded = _decode_all(paths, channels, image_size, f"decoding {root.name}")
+        cache.save(decoded)
+    elif decoded["bad"] and _retry_unreadable(decoded, paths, channels, image_size):
+        cache.save(decoded)
     bad = decoded["bad"]
     if bad and on_bad_image != "skip":
         more = f" (and {len(bad) - 1} more unreadable images)" if len(bad) > 1 else ""
@@ -224,16 +278,30 @@ FER2013_USAGE = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"
 
 
 def _parse_fer2013_csv(path: Path) -> dict:
+    try:
+        return _parse_fer2013_rows(path)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path} is not a FER2013 CSV (a UTF-8 text file): {exc}") from None
+    except OSError as exc:
+        raise DataError(f"FER2013 CSV {path} cannot be read: {exc.strerror or exc}") from None
+
+
+def _parse_fer2013_rows(path: Path) -> dict:
     classes = sorted(FER2013_CSV_LABELS)  # the folder release's (alphabetical) order, so both agree
     to_class = [classes.index(name) for name in FER2013_CSV_LABELS]
     images, labels, splits, lines = [], [], [], []
-    with open(path, newline="") as f:
+    # utf-8-sig: a byte-order mark (spreadsheet programs write one) is not part of the first column's name
+    with open_regular(path) as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f)
         missing = {"emotion", "pixels", "Usage"} - set(reader.fieldnames or [])
         if missing:
             raise DataError(f"{path} is not a FER2013 CSV: missing column(s) {', '.join(sorted(missing))}")
         for row in tqdm(reader, desc="parsing fer2013.csv", unit="row", disable=None, leave=False):
             line = reader.line_num
+            if None in row or None in row.values():  # more, or fewer, fields than the header names
+                count = len(reader.fieldnames) + len(row.get(None, [])) - sum(v is None for v in row.values())
+                raise DataError(f"{path}, line {line}: {count} fields, but the header names "
+                                f"{len(reader.fieldnames)} ({', '.join(reader.fieldnames)})")
             try:
                 emotion = int(row["emotion"])
                 pixels = np.array(row["pixels"].split(), dtype=np.int64)
@@ -259,11 +327,15 @@ def _parse_fer2013_csv(path: Path) -> dict:
 def read_fer2013_csv(path: str | os.PathLike, channels: int, image_size: int,
                      cache_dir: str | None) -> RawData:
     path = Path(path).expanduser()
-    if not path.is_file():
+    if not path.exists():
         raise DataError(f"FER2013 CSV {path} does not exist; set data.csv=PATH to Kaggle's fer2013.csv")
     st = path.stat()
-    key = cache_key("fer2013-csv", str(path.resolve()), st.st_size, st.st_mtime_ns)
-    parsed = cached_decode(cache_dir, str(path), key, lambda: _parse_fer2013_csv(path))
+    cache = DecodeCache(cache_dir, str(path), cache_key("fer2013-csv", str(path.resolve()), st.st_size,
+                                                         st.st_mtime_ns))
+    parsed = cache.load()
+    if parsed is None:
+        parsed = _parse_fer2013_csv(path)
+        cache.save(parsed)
     images = to_channels(resize_uint8(parsed["images"], image_size), channels)
     labels = torch.tensor(parsed["labels"], dtype=torch.long)
     splits = {}
@@ -299,13 +371,74 @@ CIFAR100_FOLDER = "cifar-100-python"
 CIFAR100_LABELS = {"fine": ("fine_labels", "fine_label_names"), "coarse": ("coarse_labels", "coarse_label_names")}
 
 
-def _load_pickle(path: Path) -> dict:
-    import pickle
+class _ReleaseUnpickler(pickle.Unpickler):
+    """Unpickles only what the CIFAR python release holds: dicts, lists, strings, bytes, numbers and numpy
+    arrays of a numeric dtype. Pickle calls whatever a file names while loading; here a name that is not
+    one of the few callables numpy arrays need is refused, so a crafted file cannot run code."""
 
-    # The release's own format: pickled dicts written by Python 2 (bytes keys, latin-1 strings). Pickle
-    # runs code while loading; read only archives from the official source (what torchvision downloads).
-    with open(path, "rb") as f:
-        return {(k.decode() if isinstance(k, bytes) else k): v for k, v in pickle.load(f, encoding="latin1").items()}
+    def find_class(self, module: str, name: str):
+        allowed = _ALLOWED_PICKLE_CALLABLES.get((module, name))
+        if allowed is None:
+            raise pickle.UnpicklingError(f"it names {module}.{name}, which the CIFAR release does not hold")
+        return allowed
+
+
+def _numeric_dtype(*args):
+    dtype = np.dtype(*args)
+    if dtype.kind not in "biuf" or dtype.hasobject or dtype.fields is not None:
+        raise pickle.UnpicklingError(f"it holds an array of dtype {dtype}, not a numeric one")
+    return dtype
+
+
+def _array_callables() -> dict[tuple[str, str], object]:
+    """The functions numpy's pickles name (numpy.core before numpy 2, numpy._core since; both spellings
+    occur in files), mapped to this numpy's own; and Python 3's way of pickling bytes at protocol 2."""
+    import codecs
+
+    try:
+        from numpy._core import multiarray, numeric
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray, numeric
+    out: dict[tuple[str, str], object] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): _numeric_dtype,
+                                          ("_codecs", "encode"): codecs.encode}
+    for package in ("numpy.core", "numpy._core"):
+        out[(f"{package}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        out[(f"{package}.multiarray", "scalar")] = multiarray.scalar
+        out[(f"{package}.numeric", "_frombuffer")] = numeric._frombuffer
+    return out
+
+
+_ALLOWED_PICKLE_CALLABLES = _array_callables()
+
+
+def _load_pickle(path: Path) -> dict:
+    """A file of the release as a dict with str keys (the release pickles Python 2 strings: latin-1)."""
+    try:
+        with open_regular(path) as f:
+            loaded = _ReleaseUnpickler(f, encoding="latin1").load()
+    except OSError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - refused, truncated or not a pickle at all
+        raise DataError(f"{path} was refused: it is not a file of the CIFAR-100 python release ({exc})") from None
+    if not isinstance(loaded, dict):
+        raise DataError(f"{path} was refused: it is not a file of the CIFAR-100 python release (no dict)")
+    return {(k.decode() if isinstance(k, bytes) else k): v for k, v in loaded.items()}
+
+
+def _release_labels(batch: dict, key: str, path: Path, n: int, classes: int) -> torch.Tensor:
+    """The labels of one file of the release: n integers in 0..classes-1."""
+    labels = batch[key]
+    if isinstance(labels, np.ndarray) and labels.ndim == 1 and labels.dtype.kind in "iu":
+        values = labels.astype(np.int64)
+    elif isinstance(labels, list) and all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in labels):
+        values = np.array(labels, dtype=np.int64)
+    else:
+        raise DataError(f"{path}: {key} is not a list of integer labels")
+    if len(values) != n:
+        raise DataError(f"{path}: {key} has {len(values)} labels for {n} images")
+    if n and not (values.min() >= 0 and values.max() < classes):
+        raise DataError(f"{path}: {key} holds labels outside 0..{classes - 1}")
+    return torch.from_numpy(values)
 
 
 def download_cifar100(root: Path) -> None:
@@ -334,14 +467,20 @@ def read_cifar100(root: str | os.PathLike, label_type: str, channels: int, image
         download_cifar100(root)
     labels_key, names_key = CIFAR100_LABELS[label_type]
     try:
-        classes = list(_load_pickle(folder / "meta")[names_key])
+        classes = _load_pickle(folder / "meta")[names_key]
+        if not (isinstance(classes, list) and classes and all(isinstance(c, str) and c for c in classes)):
+            raise DataError(f"{folder / 'meta'}: {names_key} is not a list of class names")
         splits = {}
         for name in ("train", "test"):
             batch = _load_pickle(folder / name)
-            images = torch.from_numpy(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            labels = torch.tensor(batch[labels_key], dtype=torch.long)
+            pixels = batch["data"]
+            if not (isinstance(pixels, np.ndarray) and pixels.dtype == np.uint8 and pixels.ndim == 2
+                    and pixels.shape[1] == 3 * 32 * 32):
+                raise DataError(f"{folder / name}: data is not an N x 3072 array of uint8 pixels")
+            images = torch.from_numpy(np.ascontiguousarray(pixels).reshape(-1, 3, 32, 32))
+            labels = _release_labels(batch, labels_key, folder / name, len(images), len(classes))
             files = [f"{CIFAR100_FOLDER}/{name}[{i}]" for i in range(len(labels))]
             splits[name] = Split(to_channels(resize_uint8(images, image_size), channels), labels, files)
-    except (OSError, KeyError, ValueError, EOFError) as exc:
+    except (OSError, KeyError) as exc:
         raise DataError(f"{folder} is not the CIFAR-100 python release ({type(exc).__name__}: {exc})") from None
-    return RawData(classes, splits)
+    return RawData(list(classes), splits)

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
-from ..config import build
-from ..data import Split
+from ..config import EVAL_RULES, build_stored, check_values
+from ..data import DATASET_CLASSES, Split
 from ..errors import UserError
 from ..fileio import atomic_write_json
 from .distributed import map_shards
@@ -113,12 +113,16 @@ def write_embedding(out_dir: str | Path, features: torch.Tensor, split: Split, c
 
 def run_evaluation(cfg: DictConfig, run_dir: str | Path) -> dict:
     """`python -m src.evaluate`: one checkpoint or an ensemble on a split, with the full report."""
+    check_values(cfg, EVAL_RULES)
     run_dir = Path(run_dir)
     paths = checkpoint_paths(cfg.ckpt_path)
     predictors, shared = load_predictors(paths, cfg.trainer, cfg.tta)
-    overrides = {key: value for key, value in cfg.data.items() if key != "split" and value is not None}
-    data_cfg = OmegaConf.merge(shared["config"]["data"], overrides, {"cache_dir": cfg.paths.cache_dir})
-    data = build(data_cfg).setup()
+    # The training run's data config, read from the checkpoint: built only as one of the runner's own
+    # dataset classes (config.build_stored), with data.root / data.csv from the command line on top.
+    overrides = {key: value for key, value in OmegaConf.to_container(cfg.data, resolve=True).items()
+                 if key != "split" and value is not None}
+    data = build_stored(shared["config"]["data"], DATASET_CLASSES, "data", f"checkpoint {paths[0]}",
+                        **overrides, cache_dir=cfg.paths.cache_dir).setup()
     classes, split_name = shared["classes"], cfg.data.split
     if data.classes != classes:
         raise UserError(f"the data's classes {data.classes} are not the checkpoint's {classes}")

@@ -7,15 +7,25 @@ from __future__ import annotations
 
 import csv
 import logging
+import shutil
 import statistics
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from ..config import build, check_model_config, check_optimizer_config, config_differences
+from ..config import (
+    TRAIN_RULES,
+    build,
+    check_loss_config,
+    check_model_config,
+    check_optimizer_config,
+    check_values,
+    config_differences,
+)
 from ..errors import ConfigError, UserError
 from ..fileio import atomic_write_json
 from ..models import count_conv_layers, count_parameters, size_mb
@@ -25,22 +35,12 @@ from .evaluation import evaluate_split, prefixed, write_report
 from .logger import NullLogger
 from .metrics import per_class_table
 from .run_info import collect_run_info
+from .trainer import Interrupted
 
 log = logging.getLogger(__name__)
 
 # metrics.json's test block (null when the data has no test split)
 TEST_KEYS = ("loss", "acc", "balanced_acc", "macro_f1", "per_class", "confusion_matrix", "roc_auc", "macro_auc")
-
-
-def check_loss_config(loss_cfg: DictConfig) -> None:
-    smoothing = loss_cfg.get("label_smoothing", 0.0)
-    if not 0 <= smoothing < 1:
-        raise ConfigError(f"loss.label_smoothing={smoothing} is invalid: it must be in [0, 1)")
-    weights = loss_cfg.get("class_weights")
-    valid_list = isinstance(weights, list | ListConfig) and all(isinstance(w, int | float) and w >= 0 for w in weights)
-    if not (weights is None or weights == "balanced" or valid_list):
-        raise ConfigError(f"loss.class_weights={weights} is invalid: use null, balanced or a list of one weight "
-                          "(>= 0) per class")
 
 
 def make_criterion(loss_cfg: DictConfig, class_counts: torch.Tensor) -> nn.Module:
@@ -55,7 +55,7 @@ def make_criterion(loss_cfg: DictConfig, class_counts: torch.Tensor) -> nn.Modul
             raise ConfigError(f"loss.class_weights={list(weights)} is invalid: it needs one weight per class "
                               f"({len(class_counts)})")
         weights = torch.tensor(list(weights), dtype=torch.float)
-    return nn.CrossEntropyLoss(weight=weights, label_smoothing=float(loss_cfg.get("label_smoothing", 0.0)))
+    return nn.CrossEntropyLoss(weight=weights, label_smoothing=float(loss_cfg.get("label_smoothing") or 0.0))
 
 
 def resume_checkpoint(cfg: DictConfig, run_dir: Path) -> str | None:
@@ -105,6 +105,24 @@ def _write_history(history: list[dict], path: Path) -> None:
         writer.writerows(history)
 
 
+@contextmanager
+def _ctrl_c_raises(error: UserError):
+    """Ctrl-C (KeyboardInterrupt) inside the block raises `error` instead: one sentence, no traceback."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise error from None
+
+
+def discard_if_untrained(run_dir: str | Path) -> None:
+    """Removes a run directory that holds nothing but what is written before training starts (Hydra's
+    .hydra/, the log, run_info.json): a run stopped by a config or data error leaves no empty directory
+    behind for `src.report` to list. A directory with anything else in it (checkpoints) is kept."""
+    run_dir = Path(run_dir)
+    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log", "run_info.json"}:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
 def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> dict:
     """Trains as configured; writes checkpoints/, metrics.json, history.csv and TensorBoard events
     into `run_dir`; returns the metrics.
@@ -113,15 +131,14 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> 
     evaluate (on their shares), all get the same metrics, rank 0 alone writes files."""
     run_started = time.perf_counter()
     run_dir = Path(run_dir)
-    # Every check that needs no data first (device, precision, optimizer, schedule, augmentation, data
-    # and model settings), so that a mistake stops the run before the dataset is decoded.
-    check_optimizer_config(cfg.optim)
+    # Every check that needs no data first (every value's type, then device, precision, optimizer,
+    # schedule, augmentation, data and model settings), so that a mistake stops the run before the
+    # dataset is decoded. src/config.py holds the checks.
+    check_values(cfg, TRAIN_RULES)
+    optimizer = check_optimizer_config(cfg.optim)
     trainer = build(cfg.trainer)  # trainer=ddp under torchrun: joins the other processes here
-    augment = build(cfg.aug)
-    optimizer, schedule = build(cfg.optim), build(cfg.sched)
-    data = build(cfg.data)
+    augment, schedule, data = build(cfg.aug), build(cfg.sched), build(cfg.data)
     check_model_config(cfg.model, data.channels)
-    check_loss_config(cfg.loss)
     ckpt_path = resume_checkpoint(cfg, run_dir)
     main = ddp.is_main()
     world = {"world_size": trainer.world_size} if trainer.world_size > 1 else {}
@@ -144,53 +161,57 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> 
                             ckpt_path=ckpt_path)
         fit_seconds = time.perf_counter() - fit_started
 
-        # Honest evaluation: the checkpoint selected on val, evaluated on test once.
-        ddp.barrier()  # rank 0 has written best.pt
-        model.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "best.pt")["model"])
-        test = None
-        if "test" in data.splits:
-            predictor = trainer.predictor(model, data, cfg.tta.mode, cfg.tta.crop_size, input_size)
-            test = evaluate_split(predictor, data.splits["test"], data.classes)
-        best = state.history[state.best_epoch - 1]
-        timed = state.history[1:] if len(state.history) > 1 else state.history  # epoch 1 pays one-time costs
-        metrics = {
-            "best_epoch": state.best_epoch,
-            "epochs": state.epoch,
-            "monitor": trainer.monitor,
-            **{key: best.get(key) for key in ("val/loss", "val/acc", "val/balanced_acc", "val/macro_f1")},
-            **prefixed("test", test.metrics if test else dict.fromkeys(TEST_KEYS)),
-            "tta": cfg.tta.mode,
-            "classes": data.classes,
-            "model/params": params,
-            "model/size_mb": round(megabytes, 3),
-            "model/conv_layers": count_conv_layers(model),
-            "train/epoch_time_s": statistics.median(r["train/epoch_time_s"] for r in state.history),
-            "train/images_per_s": statistics.median(r["train/images_per_s"] for r in timed),
-            # wall-clock seconds of the training (all epochs with their validation; of a resumed run, those
-            # it trained) and of the whole run (data loading, training, test evaluation)
-            "train/time_s": round(fit_seconds, 1),
-            "run_time_s": round(time.perf_counter() - run_started, 1),
-            "device": str(trainer.device),
-            "precision": trainer.precision,
-            "seed": cfg.seed,
-            **world,
-        }
-        if not main:  # the same metrics as rank 0's, which writes them
-            return metrics
-        atomic_write_json(metrics, run_dir / "metrics.json")
-        _write_history(state.history, run_dir / "history.csv")
-        if test:
-            title = f"test, best epoch {state.best_epoch}"
-            write_report(run_dir, test, data.classes, title)
-            logger.log_confusion_matrix("test/confusion_matrix", test.metrics["confusion_matrix"], data.classes,
-                                        state.best_epoch)
-            log.info("Test (best epoch %d by %s, tta=%s): acc %.4f, macro-F1 %.4f, balanced acc %.4f\n%s",
-                     state.best_epoch, trainer.monitor, cfg.tta.mode, test.metrics["acc"],
-                     test.metrics["macro_f1"], test.metrics["balanced_acc"],
-                     per_class_table(test.metrics["per_class"], test.metrics["roc_auc"]))
-        final = {f"hparam/{k.replace('/', '_')}": metrics[k]
-                 for k in ("val/acc", "val/macro_f1", "test/acc", "test/macro_f1") if metrics[k] is not None}
-        logger.log_hparams(_flat_hparams(cfg, choices), final)
+        # Ctrl-C from here on: training is over and best.pt is complete; say so in one sentence.
+        interrupted = (f"interrupted during the test evaluation; training finished and {run_dir / 'checkpoints'}"
+                       f"/best.pt holds the selected epoch: python -m src.evaluate ckpt_path={run_dir} tests it")
+        with _ctrl_c_raises(Interrupted(interrupted)):
+            # Honest evaluation: the checkpoint selected on val, evaluated on test once.
+            ddp.barrier()  # rank 0 has written best.pt
+            model.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "best.pt")["model"])
+            test = None
+            if "test" in data.splits:
+                predictor = trainer.predictor(model, data, cfg.tta.mode, cfg.tta.crop_size, input_size)
+                test = evaluate_split(predictor, data.splits["test"], data.classes)
+            best = state.history[state.best_epoch - 1]
+            timed = state.history[1:] if len(state.history) > 1 else state.history  # epoch 1 pays one-time costs
+            metrics = {
+                "best_epoch": state.best_epoch,
+                "epochs": state.epoch,
+                "monitor": trainer.monitor,
+                **{key: best.get(key) for key in ("val/loss", "val/acc", "val/balanced_acc", "val/macro_f1")},
+                **prefixed("test", test.metrics if test else dict.fromkeys(TEST_KEYS)),
+                "tta": cfg.tta.mode,
+                "classes": data.classes,
+                "model/params": params,
+                "model/size_mb": round(megabytes, 3),
+                "model/conv_layers": count_conv_layers(model),
+                "train/epoch_time_s": statistics.median(r["train/epoch_time_s"] for r in state.history),
+                "train/images_per_s": statistics.median(r["train/images_per_s"] for r in timed),
+                # wall-clock seconds of the training (all epochs with their validation; of a resumed run, those
+                # it trained) and of the whole run (data loading, training, test evaluation)
+                "train/time_s": round(fit_seconds, 1),
+                "run_time_s": round(time.perf_counter() - run_started, 1),
+                "device": str(trainer.device),
+                "precision": trainer.precision,
+                "seed": cfg.seed,
+                **world,
+            }
+            if not main:  # the same metrics as rank 0's, which writes them
+                return metrics
+            atomic_write_json(metrics, run_dir / "metrics.json")
+            _write_history(state.history, run_dir / "history.csv")
+            if test:
+                title = f"test, best epoch {state.best_epoch}"
+                write_report(run_dir, test, data.classes, title)
+                logger.log_confusion_matrix("test/confusion_matrix", test.metrics["confusion_matrix"], data.classes,
+                                            state.best_epoch)
+                log.info("Test (best epoch %d by %s, tta=%s): acc %.4f, macro-F1 %.4f, balanced acc %.4f\n%s",
+                         state.best_epoch, trainer.monitor, cfg.tta.mode, test.metrics["acc"],
+                         test.metrics["macro_f1"], test.metrics["balanced_acc"],
+                         per_class_table(test.metrics["per_class"], test.metrics["roc_auc"]))
+            final = {f"hparam/{k.replace('/', '_')}": metrics[k]
+                     for k in ("val/acc", "val/macro_f1", "test/acc", "test/macro_f1") if metrics[k] is not None}
+            logger.log_hparams(_flat_hparams(cfg, choices), final)
     finally:
         logger.close()
     return metrics

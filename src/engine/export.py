@@ -28,6 +28,10 @@ def export_checkpoint(ckpt_path: str, fmt: str, output: str | None = None) -> Pa
     model, meta = load_model(ckpt_path, "cpu")
     data = meta["data"]
     out = Path(output) if output else Path(ckpt_path).with_suffix(SUFFIXES[fmt])
+    for written in (out, Path(f"{out}.json")):
+        if written.exists() and written.resolve() == Path(ckpt_path).expanduser().resolve():
+            raise ConfigError(f"output={output or out} would overwrite the checkpoint it exports ({ckpt_path}); "
+                              "choose another output path")
     out.parent.mkdir(parents=True, exist_ok=True)
     side = meta.get("input_size") or data["image_size"]  # trained on centre-cropped inputs when input_size is set
     example = torch.randn(2, data["channels"], side, side)

@@ -18,12 +18,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
+from ..config import PREDICT_RULES, build_stored, check_values
 from ..data.images import decode_image
 from ..data.sources import find_images
 from ..errors import BadImageError, ConfigError, UserError
+from ..models import MODEL_CLASSES
 from .checkpoint import load_checkpoint
 from .runtime import autocast, resolve_device, resolve_precision
 
@@ -142,14 +142,34 @@ class Ensemble:
 
 def load_model(ckpt_path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
     """The model a checkpoint holds, rebuilt from its own config, and the checkpoint's meta
-    (config, data: classes, channels, image_size, mean, std; input_size: the training crop or None)."""
+    (config, data: classes, channels, image_size, mean, std; input_size: the training crop or None).
+
+    The stored model config is data from a file that anyone may have written: only the runner's own
+    model classes are built from it (config.build_stored), first on the meta device, where the shapes of
+    its parameters must equal the checkpoint's tensors before any memory is allocated for them."""
     ckpt = load_checkpoint(ckpt_path, map_location="cpu")
     meta = ckpt["meta"]
     data = meta.get("data") or {}
-    if not {"classes", "channels", "image_size", "mean", "std"} <= set(data):
-        raise UserError(f"checkpoint {ckpt_path} lacks the data description (classes, normalization) to predict")
-    model_cfg = OmegaConf.create(meta["config"]["model"])
-    model = instantiate(model_cfg, num_classes=len(data["classes"]), in_channels=data["channels"])
+    described = all(data.get(k) is not None for k in ("classes", "channels", "image_size", "mean", "std"))
+    if not described or not (meta.get("config") or {}).get("model"):
+        raise UserError(f"checkpoint {ckpt_path} lacks the data description (classes, normalization) or the model "
+                        "config to predict")
+
+    def rebuild() -> nn.Module:
+        stored = meta["config"]["model"]
+        known = {"num_classes": len(data["classes"]), "in_channels": data["channels"]}
+        if "pretrained" in stored:
+            known["pretrained"] = False  # the weights come from the checkpoint: no download
+        return build_stored(stored, MODEL_CLASSES, "model", f"checkpoint {ckpt_path}", **known)
+
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in rebuild().state_dict().items()}
+    stored = {k: tuple(v.shape) for k, v in ckpt["model"].items()}
+    if expected != stored:
+        wrong = sorted(set(expected) ^ set(stored)) or [k for k in expected if expected[k] != stored[k]]
+        raise UserError(f"checkpoint {ckpt_path} was refused: its weights do not fit the model its config describes "
+                        f"({len(wrong)} tensors differ, first: {wrong[0]})")
+    model = rebuild()
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), {**meta, "epoch": ckpt.get("epoch")}
 
@@ -162,7 +182,7 @@ def _runtime_settings(trainer_cfg, trained: dict, device: torch.device) -> tuple
     if trainer_cfg.precision is not None:
         return resolve_precision(trainer_cfg.precision, device), channels_last
     try:
-        return resolve_precision(trained.get("precision", "auto"), device), channels_last
+        return resolve_precision(trained.get("precision") or "auto", device), channels_last
     except ConfigError:  # e.g. trained in fp16 on a GPU, evaluated on a CPU
         return resolve_precision("auto", device), channels_last
 
@@ -196,7 +216,7 @@ def load_predictors(ckpt_paths: Sequence[str], trainer_cfg, tta_cfg, batch_size:
     predictors, first = [], None
     for path in ckpt_paths:
         model, meta = load_model(path, device)
-        precision, channels_last = _runtime_settings(trainer_cfg, meta["config"].get("trainer", {}), device)
+        precision, channels_last = _runtime_settings(trainer_cfg, meta["config"].get("trainer") or {}, device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         data = meta["data"]
@@ -208,7 +228,7 @@ def load_predictors(ckpt_paths: Sequence[str], trainer_cfg, tta_cfg, batch_size:
                             f"({ {k: first[k] for k in described} }); an ensemble needs the same classes and input")
         predictors.append(Predictor(model, data["mean"], data["std"], device, precision, channels_last,
                                     tta_cfg.mode, tta_cfg.crop_size,
-                                    batch_size or meta["config"]["data"].get("eval_batch_size", 512),
+                                    batch_size or (meta["config"].get("data") or {}).get("eval_batch_size") or 512,
                                     meta.get("input_size")))
     return predictors, first
 
@@ -223,6 +243,8 @@ def expand_image_paths(entries: Sequence[str]) -> list[str]:
             found += find_images(path)
         elif path.is_file():
             found.append(str(path))
+        elif path.exists():  # a FIFO, socket or device: reading it could block forever
+            log.warning("%s is not a regular file: skipped", entry)
         elif any(ch in str(entry) for ch in "*?["):
             matches = sorted(p for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
             found += matches
@@ -235,6 +257,7 @@ def expand_image_paths(entries: Sequence[str]) -> list[str]:
 
 def predict_images(cfg) -> list[dict]:
     """`python -m src.predict`: top-k classes per image, printed and optionally written to CSV/JSON."""
+    check_values(cfg, PREDICT_RULES)
     entries = [cfg.images] if isinstance(cfg.images, str) else list(cfg.images)
     predictors, shared = load_predictors(checkpoint_paths(cfg.ckpt_path), cfg.trainer, cfg.tta)
     classes = shared["classes"]

@@ -24,10 +24,11 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import OmegaConf
+import yaml
 
+from ..config import describe, matches, show
 from ..errors import UserError
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, read_text
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +59,17 @@ class Run:
     def provenance(self) -> dict:
         """The data config chosen, the command, the machine and the wall times of the run."""
         info_file, hydra_file = self.dir / "run_info.json", self.dir / ".hydra" / "hydra.yaml"
-        info = json.loads(info_file.read_text()) if info_file.is_file() else {}
-        choices = OmegaConf.load(hydra_file).hydra.runtime.choices if hydra_file.is_file() else {}
+        info = _read_checked(info_file, _json_object, RUN_INFO_TYPES) if info_file.exists() else {}
+        hydra_yaml = _read_checked(hydra_file, _yaml_data, {"hydra.runtime.choices": dict | None}) \
+            if hydra_file.exists() else {}
+        choices = ((hydra_yaml.get("hydra") or {}).get("runtime") or {}).get("choices") or {}
         machine = info.get("device_name") or info.get("device") or ""
         if info.get("device") == "cpu" and info.get("cpu_threads"):
             machine += f", {info['cpu_threads']} threads"
         if (self.metrics or {}).get("world_size"):
             machine += f", {self.metrics['world_size']} processes"
         metrics = self.metrics or {}
-        return {"run": self.name, "data": choices.get("data", ""), "command": info.get("command", ""),
+        return {"run": self.name, "data": str(choices.get("data") or ""), "command": info.get("command", ""),
                 "machine": machine, "train_time": _duration(metrics.get("train/time_s")),
                 "run_time": _duration(metrics.get("run_time_s"))}
 
@@ -76,11 +79,70 @@ class Run:
         return key, (self.metrics or {}).get(key)
 
     def history(self) -> list[dict]:
+        """history.csv's rows; every value a number (or empty)."""
         path = self.dir / "history.csv"
-        if not path.is_file():
+        if not path.exists():
             return []
-        with open(path, newline="") as f:
-            return list(csv.DictReader(f))
+        rows = list(csv.DictReader(io.StringIO(_read(path, lambda text: text))))
+        for line, row in enumerate(rows, start=2):
+            for key, value in row.items():
+                try:
+                    if value not in (None, ""):
+                        float(value)
+                except (TypeError, ValueError):
+                    raise UserError(f"{path}, line {line}: {key}={value!r} is not a number; this file was not "
+                                    "written by this runner (or was edited)") from None
+        return rows
+
+
+# -- reading what runs left on disk --------------------------------------------------------------------------
+# Run directories are shared and copied around like checkpoints: every file is read as data (JSON, or
+# YAML with the safe loader: no tags, no interpolations resolved) and checked for the types the report
+# uses, so that a damaged or crafted file ends the report with one sentence naming it.
+
+_NUMBER = float | None
+METRICS_TYPES = {
+    "monitor": str | None, "best_epoch": int | None, "classes": list[str] | None,
+    "test/per_class": dict[str, dict[str, _NUMBER]] | None, "test/confusion_matrix": list[list[int]] | None,
+    "world_size": int | None, "train/time_s": _NUMBER, "run_time_s": _NUMBER,
+    **{key: _NUMBER for key in ("model/params", "model/size_mb", "model/conv_layers", "train/epoch_time_s",
+                                "train/images_per_s", "val/acc", "val/macro_f1", "val/loss", "val/balanced_acc",
+                                "test/acc", "test/macro_f1")},
+}
+RUN_INFO_TYPES = {key: str | None for key in ("command", "device", "device_name")} | {"cpu_threads": int | None}
+
+
+def _read(path: Path, parse):
+    try:
+        return parse(read_text(path))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
+    except (ValueError, yaml.YAMLError) as exc:  # json.JSONDecodeError is a ValueError
+        raise UserError(f"{path} is not valid {'JSON' if path.suffix in ('.json', '.jsonl') else 'YAML'}: "
+                        f"{str(exc).splitlines()[0]}") from None
+
+
+def _json_object(text: str):
+    return json.loads(text)
+
+
+def _yaml_data(text: str):
+    return yaml.safe_load(text)
+
+
+def _read_checked(path: Path, parse, types: dict) -> dict:
+    """A JSON or YAML mapping whose (dotted) keys have the given types; missing keys are fine."""
+    data = _read(path, parse)
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is not a mapping: it was not written by this runner")
+    for key, hint in types.items():
+        value = data
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if not matches(value, hint):
+            raise UserError(f"{path} was not written by this runner (or was edited): {key}={show(value)} is not "
+                            f"{describe(hint)}")
+    return data
 
 
 def _key(override: str) -> str:
@@ -89,27 +151,42 @@ def _key(override: str) -> str:
 
 def _read_overrides(run_dir: Path) -> list[str]:
     path = run_dir / ".hydra" / "overrides.yaml"
-    overrides = list(OmegaConf.load(path)) if path.is_file() else []
-    return [o for o in overrides if not _key(o).startswith(LOCATION_KEYS)]
+    overrides = _read(path, _yaml_data) if path.exists() else []
+    if not matches(overrides, list[str] | None):
+        raise UserError(f"{path} is not a list of overrides: it was not written by Hydra (or was edited)")
+    return [o for o in overrides or [] if not _key(o).startswith(LOCATION_KEYS)]
 
 
 def _read_run(run_dir: Path, status: str | None = None, error: str = "") -> Run:
     metrics_file = run_dir / "metrics.json"
-    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+    metrics = _read_checked(metrics_file, _json_object, METRICS_TYPES) if metrics_file.exists() else None
     if status is None or (status == "completed" and metrics is None):
         status = "completed" if metrics is not None else "incomplete"
     return Run(run_dir, _read_overrides(run_dir), status, error, metrics if status == "completed" else None)
 
 
-def _read_sweep(sweep_dir: Path) -> list[Run]:
-    """Every job of a sweep, from jobs.jsonl (the last record of each job number wins: a job re-run
-    after a failure replaces its row)."""
+def read_job_records(sweep_dir: Path) -> list[dict]:
+    """jobs.jsonl, one record per job number (the last one wins: a job re-run after a failure replaces
+    its row), in job order."""
+    path = sweep_dir / "jobs.jsonl"
     latest = {}
-    for line in (sweep_dir / "jobs.jsonl").read_text().splitlines():
-        if line.strip():
+    for number, line in enumerate(_read(path, lambda text: text).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
             record = json.loads(line)
-            latest[record["job"]] = record
-    return [_read_run(Path(r["dir"]), r["status"], r.get("error", "")) for _, r in sorted(latest.items())]
+        except ValueError:
+            record = None
+        if not (isinstance(record, dict) and matches(record.get("job"), int) and isinstance(record.get("dir"), str)
+                and record.get("status") in ("completed", "failed") and matches(record.get("error"), str | None)):
+            raise UserError(f"{path}, line {number} is not a job record of this runner's sweeps")
+        latest[record["job"]] = record
+    return [latest[job] for job in sorted(latest)]
+
+
+def _read_sweep(sweep_dir: Path) -> list[Run]:
+    """Every job of a sweep, from jobs.jsonl."""
+    return [_read_run(Path(r["dir"]), r["status"], r.get("error") or "") for r in read_job_records(sweep_dir)]
 
 
 def collect_runs(paths: list[str | Path]) -> list[Run]:
@@ -119,15 +196,17 @@ def collect_runs(paths: list[str | Path]) -> list[Run]:
         if not path.exists():
             raise UserError(f"{path} does not exist: pass run or sweep directories (outputs/runs/..., "
                             "outputs/sweeps/...)")
-        if (path / "jobs.jsonl").is_file():
+        if (path / "jobs.jsonl").exists():
             runs += _read_sweep(path)
-        elif (path / "metrics.json").is_file() or (path / "run_info.json").is_file():
+        elif (path / "metrics.json").exists() or (path / "run_info.json").exists():
             runs.append(_read_run(path))
         elif path.is_dir():
             found = sorted(p.parent for p in path.rglob("*") if p.name in ("jobs.jsonl", "run_info.json"))
-            sweeps = [p for p in found if (p / "jobs.jsonl").is_file()]
+            sweeps = [p for p in found if (p / "jobs.jsonl").exists()]
             inside_sweep = [p for p in found if any(s in p.parents for s in sweeps)]
-            runs += collect_runs([p for p in found if p not in inside_sweep]) if found else []
+            # A run that stopped before its first epoch (a config or data error) has nothing to report.
+            trained = [p for p in found if p in sweeps or (p / "metrics.json").exists() or (p / "checkpoints").is_dir()]
+            runs += collect_runs([p for p in trained if p not in inside_sweep]) if trained else []
     seen, unique = set(), []
     for run in runs:  # a run reached twice (its sweep and itself) is one row
         if run.dir.resolve() not in seen:

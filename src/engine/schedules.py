@@ -38,6 +38,11 @@ class Schedule:
         return LambdaLR(optimizer, lambda step: self.factor(step / steps_per_epoch))
 
 
+def _check_gamma(gamma: float) -> None:
+    if gamma <= 0:
+        raise ConfigError(f"sched.gamma={gamma} is invalid: it must be > 0 (the factor the lr is multiplied by)")
+
+
 class Constant(Schedule):
     def decay(self, epoch: float) -> float:
         return 1.0
@@ -48,6 +53,8 @@ class Cosine(Schedule):
 
     def __init__(self, warmup_epochs: float = 0.0, min_lr_ratio: float = 0.0):
         super().__init__(warmup_epochs)
+        if not 0 <= min_lr_ratio <= 1:
+            raise ConfigError(f"sched.min_lr_ratio={min_lr_ratio} is invalid: it must be in [0, 1]")
         self.min_lr_ratio = min_lr_ratio
 
     def decay(self, epoch: float) -> float:
@@ -61,6 +68,9 @@ class MultiStep(Schedule):
 
     def __init__(self, milestones: Sequence[int] = (30, 60, 90), gamma: float = 0.1, warmup_epochs: float = 0.0):
         super().__init__(warmup_epochs)
+        _check_gamma(gamma)
+        if any(m < 0 for m in milestones):
+            raise ConfigError(f"sched.milestones={list(milestones)} is invalid: epochs must be >= 0")
         self.milestones, self.gamma = sorted(milestones), gamma
 
     def decay(self, epoch: float) -> float:
@@ -74,6 +84,7 @@ class StepDecay(Schedule):
         super().__init__(warmup_epochs)
         if step_size < 1:
             raise ConfigError(f"sched.step_size={step_size} is invalid: it must be at least 1")
+        _check_gamma(gamma)
         self.step_size, self.gamma = step_size, gamma
 
     def decay(self, epoch: float) -> float:
@@ -84,6 +95,12 @@ class Plateau:
     """Multiply the lr by `factor` when the monitored val metric has not improved for `patience` epochs."""
 
     def __init__(self, factor: float = 0.1, patience: int = 5, min_lr: float = 0.0, threshold: float = 1e-4):
+        checks = [(0 < factor < 1, "sched.factor", factor, "in (0, 1)"),
+                  (patience >= 0, "sched.patience", patience, ">= 0"),
+                  (min_lr >= 0, "sched.min_lr", min_lr, ">= 0"), (threshold >= 0, "sched.threshold", threshold, ">= 0")]
+        for ok, key, value, rule in checks:
+            if not ok:
+                raise ConfigError(f"{key}={value} is invalid: it must be {rule}")
         self.factor, self.patience, self.min_lr, self.threshold = factor, patience, min_lr, threshold
 
     def build(self, optimizer: torch.optim.Optimizer, max_epochs: int, steps_per_epoch: int,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 from hydra.core.utils import JobReturn, JobStatus
@@ -16,19 +17,20 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from .report import collect_runs, write_report
+from ..entry import take_job_error
+from .report import collect_runs, read_job_records, write_report
 
 log = logging.getLogger(__name__)
 
 
 def _error_of(job_return: JobReturn) -> str:
-    if job_return.status != JobStatus.FAILED:
-        return ""
-    try:
-        _ = job_return.return_value  # re-raises the job's exception
-    except Exception as exc:  # noqa: BLE001 - any failure becomes a row of the summary
-        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    return "failed"
+    """The job's error: kept by run_or_exit (which lets the job end normally, so that Hydra goes on with the
+    sweep), or an exception that escaped it."""
+    recorded = take_job_error()
+    if recorded or job_return.status != JobStatus.FAILED:
+        return recorded or ""
+    exc = job_return._return_value  # the exception (reading .return_value would re-raise it)
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}" if exc else "failed"
 
 
 class SweepSummary(Callback):
@@ -50,3 +52,10 @@ class SweepSummary(Callback):
         write_report(collect_runs([sweep_dir]), sweep_dir)
         log.info("Sweep summary: %s (and curves.png, bars.png, best_confusion_matrix.png)",
                  sweep_dir / "summary.md")
+        records = read_job_records(sweep_dir)
+        failed = [r for r in records if r["status"] == "failed"]
+        if failed:  # the sweep did not do all it was asked: say so once, and exit non-zero
+            log.error("%d of %d jobs failed (job %d: %s); every job's outcome is in %s and each job's log in its "
+                      "directory", len(failed), len(records), failed[0]["job"], failed[0]["error"],
+                      sweep_dir / "summary.md")
+            sys.exit(1)

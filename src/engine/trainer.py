@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from ..config import check_arguments
 from ..data import Augment, DeviceLoader, ImageData
 from ..errors import ConfigError, UserError
 from . import distributed as ddp
@@ -186,6 +187,11 @@ class Trainer:
                 or (isinstance(limit_train_batches, float) and 0 < limit_train_batches <= 1)):
             raise ConfigError(f"trainer.limit_train_batches={limit_train_batches} is invalid: "
                               "use a number of batches >= 1 or a fraction in (0, 1]")
+        if early_stopping_patience is not None and early_stopping_patience < 0:
+            raise ConfigError(f"trainer.early_stopping_patience={early_stopping_patience} is invalid: it must be "
+                              ">= 0 (epochs without improvement), or null (never stop early)")
+        if warmup_batches < 0:
+            raise ConfigError(f"trainer.warmup_batches={warmup_batches} is invalid: it must be >= 0")
         if gradient_clip_val < 0:
             raise ConfigError(f"trainer.gradient_clip_val={gradient_clip_val} is invalid: it must be >= 0")
         launched = ddp.launched_world_size()
@@ -457,10 +463,32 @@ class Trainer:
         """Restores model, optimizer, schedule, RNG streams and selection state; for a checkpoint of an
         interrupted epoch, also where in that epoch to go on."""
         ckpt = load_checkpoint(ckpt_path, map_location=self.device)
-        saved_classes = ckpt["meta"].get("data", {}).get("classes")
+        saved_classes = (ckpt["meta"].get("data") or {}).get("classes")
         if saved_classes is not None and saved_classes != run.data.classes:
             raise UserError(f"checkpoint {ckpt_path} was trained on classes {saved_classes}, "
                             f"but the data has {run.data.classes}")
+        try:
+            state, progress = self._restore(ckpt, ckpt_path, run)
+        except ConfigError as exc:  # a value of the stored state of the wrong type
+            raise UserError(f"checkpoint {ckpt_path} cannot be resumed: its {exc}") from None
+        except UserError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as exc:
+            # A checkpoint may come from anywhere: a part of the training state missing or of the wrong shape
+            raise UserError(f"checkpoint {ckpt_path} cannot be resumed: its training state is missing or damaged "
+                            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        self._carry_over_best(Path(ckpt_path), ckpt, state, run.checkpoint_dir)
+        where = f"epoch {state.epoch}" + (f", batch {progress.batches_done} of epoch {progress.epoch}"
+                                          if progress else "")
+        log.info("Resumed from %s at %s (best %s %s at epoch %d)", ckpt_path, where, self.monitor,
+                 state.best_value, state.best_epoch)
+        return state, progress
+
+    def _restore(self, ckpt: dict, ckpt_path, run: _Session) -> tuple[FitState, EpochProgress | None]:
+        """Loads the checkpoint's model, optimizer, schedule, RNG and selection state into `run`."""
+        check_arguments(FitState, ckpt["state"], "state")
+        if ckpt.get("progress"):
+            check_arguments(EpochProgress, ckpt["progress"], "progress")
         try:
             run.model.load_state_dict(ckpt["model"])
         except RuntimeError as exc:
@@ -489,11 +517,6 @@ class Trainer:
         progress = EpochProgress(**ckpt["progress"]) if ckpt.get("progress") else None
         if progress:
             progress.shuffle_state = progress.shuffle_state.cpu()
-        self._carry_over_best(Path(ckpt_path), ckpt, state, run.checkpoint_dir)
-        where = f"epoch {state.epoch}" + (f", batch {progress.batches_done} of epoch {progress.epoch}"
-                                          if progress else "")
-        log.info("Resumed from %s at %s (best %s %s at epoch %d)", ckpt_path, where, self.monitor,
-                 state.best_value, state.best_epoch)
         return state, progress
 
     @staticmethod

@@ -20,6 +20,9 @@ from .resnet import ResNet
 from .torchvision_models import TorchvisionNet
 from .vgg import VGG
 
+# The classes a model config may name: what a checkpoint's stored config is allowed to build (by class name).
+MODEL_CLASSES = {cls.__name__: cls for cls in (AlexNet, GoogLeNet, LeNet, ResNet, TorchvisionNet, VGG)}
+
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
@@ -36,5 +39,5 @@ def size_mb(model: nn.Module) -> float:
     return sum(t.numel() * t.element_size() for t in tensors) / 2**20
 
 
-__all__ = ["VGG", "AlexNet", "GoogLeNet", "LeNet", "ResNet", "TorchvisionNet", "count_conv_layers", "count_parameters",
-           "size_mb"]
+__all__ = ["MODEL_CLASSES", "VGG", "AlexNet", "GoogLeNet", "LeNet", "ResNet", "TorchvisionNet", "count_conv_layers",
+           "count_parameters", "size_mb"]
