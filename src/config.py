@@ -113,7 +113,10 @@ def check_value(key: str, value: Any, hint: Any, rule: Callable[[Any], bool] | N
                 rule_text: str = "") -> None:
     """Raises ConfigError `key=value is invalid: it must be ...` when value does not fit hint (or rule)."""
     if not matches(value, hint):
-        raise ConfigError(f"{key}={show(value)} is invalid: it must be {describe(hint)}")
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        quote = (f" (Hydra read {show(value)} as a number; quote it to pass text: {key}='{show(value)}')"
+                 if number and matches(str(value), hint) else "")
+        raise ConfigError(f"{key}={show(value)} is invalid: it must be {describe(hint)}{quote}")
     if rule is None or value is None:
         return
     try:
@@ -286,7 +289,7 @@ TRAIN_RULES: list[Rule] = [
 ]
 EVAL_RULES: list[Rule] = [
     ("ckpt_path", _CKPT_PATHS, None, ""),
-    ("data.split", str, None, ""),
+    ("data.split", str, lambda v: v in ("train", "val", "test"), "train, val or test"),
     ("data.root", str | None, None, ""),
     ("data.csv", str | None, None, ""),
     ("embed", bool, None, ""),
@@ -297,7 +300,7 @@ PREDICT_RULES: list[Rule] = [
     ("ckpt_path", _CKPT_PATHS, None, ""),
     ("images", str | list[str], None, ""),
     ("top_k", int, lambda v: v >= 1, "at least 1"),
-    ("output", str | None, None, ""),
+    ("output", str | None, lambda v: v.lower().endswith((".csv", ".json")), "a .csv or .json file name"),
     *_DEVICE_RUNTIME, *_TTA,
 ]
 EXPORT_RULES: list[Rule] = [
@@ -358,7 +361,7 @@ def check_optimizer_config(optim_cfg: DictConfig):
                         else list(optim_cfg[name]), Any, rule, rule_text)
     try:
         optimizer([torch.nn.Parameter(torch.zeros(1))])
-    except (ValueError, TypeError, RuntimeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever torch raises here, the settings caused it
         raise ConfigError(f"optim ({optim_cfg.get('_target_')}) refused its settings: {exc}") from None
     return optimizer
 

@@ -10,8 +10,10 @@ import datetime
 import hashlib
 import logging
 import secrets
+import shutil
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from hydra.core.hydra_config import HydraConfig
@@ -63,6 +65,16 @@ MAX_JOB_DIRNAME_BYTES = 200  # 255 on most file systems, less the job number
 OmegaConf.register_new_resolver("run_id", _run_id, replace=True, use_cache=True)
 OmegaConf.register_new_resolver("start_time", _start_time, replace=True, use_cache=True)
 OmegaConf.register_new_resolver("job_dirname", _job_dirname, replace=True)
+
+
+def discard_if_empty(output_dir: str | Path) -> None:
+    """Removes a command's output directory that holds nothing but what is written before the work starts
+    (Hydra's .hydra/, the log, run_info.json): a run stopped by a config or data error leaves no empty
+    directory behind for `src.report` to list. A directory with anything else in it (checkpoints) is kept."""
+    output_dir = Path(output_dir)
+    if output_dir.is_dir() and all(p.name in (".hydra", "run_info.json") or p.suffix == ".log"
+                                   for p in output_dir.iterdir()):
+        shutil.rmtree(output_dir, ignore_errors=True)
 
 
 def run_or_exit(work: Callable[[], T], logger: logging.Logger, on_error: Callable[[], None] | None = None) -> T | None:

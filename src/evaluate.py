@@ -11,7 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from .engine.evaluation import run_evaluation
-from .entry import run_or_exit
+from .entry import discard_if_empty, run_or_exit
 
 log = logging.getLogger("src.evaluate")
 
@@ -19,7 +19,7 @@ log = logging.getLogger("src.evaluate")
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
     run_dir = HydraConfig.get().runtime.output_dir
-    run_or_exit(lambda: run_evaluation(cfg, run_dir), log)
+    run_or_exit(lambda: run_evaluation(cfg, run_dir), log, lambda: discard_if_empty(run_dir))
     log.info("Results in %s", run_dir)
 
 

@@ -57,7 +57,8 @@ def open_regular(path: str | os.PathLike) -> IO[bytes]:
         if not stat.S_ISREG(mode):
             kind = next((name for test, name in _KINDS if test(mode)), "not a regular file")
             raise NotRegularFileError(f"{path} is {kind}, not a regular file")
-        os.set_blocking(fd, True)
+        # O_NONBLOCK stays set: reads of regular files ignore it, and a special file that the kernel
+        # reports as regular (in /proc, say) then fails instead of waiting forever.
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)

@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         log.error("%s", exc)
         return exc.exit_code
+    except KeyboardInterrupt:
+        log.error("Interrupted (Ctrl-C)")
+        return 130
     log.info("Report written to %s", out)
     return 0
 

@@ -13,9 +13,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from .engine import distributed
-from .engine.experiment import discard_if_untrained, train
+from .engine.experiment import train
 from .engine.gpu_claim import gpu_for_sweep_job
-from .entry import run_or_exit
+from .entry import discard_if_empty, run_or_exit
 
 log = logging.getLogger("src.train")
 
@@ -28,7 +28,7 @@ def main(cfg: DictConfig) -> float | None:
     run_dir = hydra_cfg.runtime.output_dir
     with gpu_for_sweep_job(cfg, hydra_cfg):
         # A run stopped by an error before it trained leaves no empty run directory (rank 0 owns it).
-        cleanup = (lambda: discard_if_untrained(run_dir)) if distributed.launched_rank() == 0 else None
+        cleanup = (lambda: discard_if_empty(run_dir)) if distributed.launched_rank() == 0 else None
         metrics = run_or_exit(lambda: train(cfg, run_dir, choices=dict(hydra_cfg.runtime.choices)), log, cleanup)
     distributed.shutdown()
     if metrics is None:  # a failed job of a sweep (see entry.run_or_exit): the sweep goes on

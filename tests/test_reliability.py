@@ -262,8 +262,8 @@ def test_a_failing_job_is_a_row_of_the_sweep_summary_and_the_others_complete(tmp
     output = result.stdout + result.stderr
     assert result.returncode == 1, output[-3000:]
     assert "Traceback" not in output and "Error executing job" not in output, output[-3000:]
-    assert f"1 of 3 jobs failed (job 1: ConfigError: optim.lr=-1 is invalid: it must be > 0)" in output
-    assert f"{sweep / 'summary.md'}" in output
+    assert "1 of 3 jobs failed (job 1: ConfigError: optim.lr=-1 is invalid: it must be > 0)" in output
+    assert str(sweep / "summary.md") in output
 
 
 # -- checkpoints are data --------------------------------------------------------------------------------------

@@ -403,6 +403,12 @@ BAD_TRAIN_VALUES = [  # (overrides, what the one sentence says: the key and the 
                                                               "sched.milestones=[a]"),
     (["trainer.ema_decay=abc"], "trainer.ema_decay=abc"), (["data.max_device_bytes=-1"], "data.max_device_bytes=-1"),
     (["data.on_bad_image=ignore"], "data.on_bad_image=ignore"), (["data.split_seed=abc"], "data.split_seed=abc"),
+    (["data.root=2024"], "quote it to pass text: data.root='2024'"), (["data.mean=[0.5]"], "data.mean=[0.5]"),
+    (["data.std=[0.2,0,0.2]"], "data.std=[0.2, 0, 0.2]"), (["tta.crop_size=40"], "tta.crop_size=40"),
+    (["aug=strong", "aug.affine.scale=[2]"], "aug.affine.scale=[2]"),
+    (["aug=strong", "aug.resized_crop.ratio=[2,1]"], "aug.resized_crop.ratio=[2,1]"),
+    (["aug=fer", "aug.erase.value=black"], "aug.erase.value=black"), (["aug=basic", "aug.flip=true"], "aug.flip=true"),
+    (["optim=adam", "optim.betas=[0.9]"], "optim.betas=[0.9]"), (["trainer.device=tpu"], "trainer.device=tpu"),
 ]
 
 
@@ -435,6 +441,8 @@ def test_a_bad_training_value_is_one_sentence_before_decoding(small_data, tmp_pa
     ("evaluate", ["trainer.channels_last=maybe"], "trainer.channels_last=maybe"),
     ("predict", ["top_k=abc"], "top_k=abc"),
     ("predict", ["top_k=0"], "top_k=0"),
+    ("predict", ["output=p.txt"], "output=p.txt"),
+    ("evaluate", ["data.split=holdout"], "data.split=holdout"),
     ("export", ["format=zip"], "format=zip"),
 ])
 def test_a_bad_value_of_the_other_commands_is_one_sentence(trained, tmp_path, entry, args, message):
@@ -443,10 +451,13 @@ def test_a_bad_value_of_the_other_commands_is_one_sentence(trained, tmp_path, en
     assert_one_sentence(code, output, message)
 
 
-@pytest.mark.parametrize("entry, args", [("evaluate", []), ("predict", ["images=x.png"]), ("export", [])])
-def test_a_missing_ckpt_path_is_one_sentence(tmp_path, entry, args):
-    code, output = run_cli(entry, *args, f"hydra.run.dir={quote(tmp_path / 'out')}")
+@pytest.mark.parametrize("entry", ["evaluate", "predict", "export"])
+def test_a_missing_ckpt_path_is_one_sentence(tmp_path, entry):
+    args = {"evaluate": [f"paths.output_dir={quote(tmp_path / 'out')}"], "predict": ["images=x.png"], "export": []}
+    code, output = run_cli(entry, *args[entry])
     assert_one_sentence(code, output, "ckpt_path is not set")
+    if entry == "evaluate":  # and no empty results directory is left behind
+        assert list((tmp_path / "out" / "eval").iterdir()) == []
 
 
 # -- the smaller ones ----------------------------------------------------------------------------------------------

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from ..config import check_arguments, check_value
+from ..config import check_arguments, check_value, show
 from ..errors import ConfigError
 
 
@@ -189,11 +190,35 @@ def _make(op: type, cfg: Mapping, key: str):
     """An op from its config mapping, every setting checked against the op's constructor first (types)
     and its probability p in [0, 1]."""
     if not isinstance(cfg, Mapping):
-        raise ConfigError(f"{key}={cfg} is invalid: it must be a mapping of the op's settings, or null (off)")
+        raise ConfigError(f"{key}={show(cfg)} is invalid: it must be a mapping of the op's settings, or null (off)")
     check_arguments(op, cfg, key)
-    if "p" in cfg:
-        check_value(f"{key}.p", cfg["p"], float, lambda p: 0 <= p <= 1, "in [0, 1]")
+    for name, value in cfg.items():
+        if name in _OP_RANGES:
+            rule, rule_text = _OP_RANGES[name]
+            check_value(f"{key}.{name}", _plain_list(value), Any, rule, rule_text)
     return op(**cfg)
+
+
+def _plain_list(value):
+    return list(value) if isinstance(value, Sequence) and not isinstance(value, str) else value
+
+
+def _interval(low_limit: float, high_limit: float):
+    """[a, b] with low_limit <= a <= b <= high_limit: the range a random factor is drawn from."""
+    return lambda v: len(v) == 2 and low_limit <= v[0] <= v[1] <= high_limit
+
+
+# The settings of the ops that have a range (one meaning wherever they occur).
+_OP_RANGES = {
+    "p": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "scale": (_interval(1e-6, 10), "two numbers [low, high] with 0 < low <= high"),
+    "ratio": (_interval(1e-6, 1e6), "two numbers [low, high] with 0 < low <= high"),
+    "degrees": (lambda v: 0 <= v <= 360, "in [0, 360]"),
+    "translate": (lambda v: 0 <= v <= 1, "in [0, 1] (a fraction of the size)"),
+    "brightness": (lambda v: v >= 0, ">= 0"), "contrast": (lambda v: v >= 0, ">= 0"),
+    "saturation": (lambda v: v >= 0, ">= 0"), "hue": (lambda v: 0 <= v <= 0.5, "in [0, 0.5]"),
+    "value": (lambda v: v == "random" or 0 <= v <= 1, "random or a number in [0, 1]"),
+}
 
 
 class Augment:

@@ -55,6 +55,9 @@ class ImageData:
              "needs data.folds: groups are only used to keep them whole in cross-validation folds"),
             (max_device_bytes is None or max_device_bytes >= 0, "data.max_device_bytes", max_device_bytes,
              "must be null (half the GPU's memory) or >= 0"),
+            (mean is None or len(mean) == channels, "data.mean", mean, f"needs one value per channel ({channels})"),
+            (std is None or (len(std) == channels and all(s > 0 for s in std)), "data.std", std,
+             f"needs one value > 0 per channel ({channels})"),
         ]
         for ok, key, value, rule in checks:
             if not ok:

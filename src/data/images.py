@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps
 
 from ..errors import BadImageError
 from ..fileio import open_regular
@@ -56,8 +56,9 @@ def decode_image(path: str, channels: int, size: int) -> np.ndarray:
                 if im.size != (size, size):
                     im = im.resize((size, size), Image.Resampling.BILINEAR)
                 array = np.asarray(im, dtype=np.uint8)
-    except (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as exc:
+    except MemoryError:
+        raise BadImageError(f"cannot read image {path}: it needs more memory than is available") from None
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types (struct.error, IndexError, ...) for bad files
         raise BadImageError(f"cannot read image {path}: {exc}") from exc
     return array.reshape(size, size, channels)
 

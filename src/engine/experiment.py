@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import shutil
 import statistics
 import time
 from contextlib import contextmanager
@@ -114,15 +113,6 @@ def _ctrl_c_raises(error: UserError):
         raise error from None
 
 
-def discard_if_untrained(run_dir: str | Path) -> None:
-    """Removes a run directory that holds nothing but what is written before training starts (Hydra's
-    .hydra/, the log, run_info.json): a run stopped by a config or data error leaves no empty directory
-    behind for `src.report` to list. A directory with anything else in it (checkpoints) is kept."""
-    run_dir = Path(run_dir)
-    if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= {".hydra", "train.log", "run_info.json"}:
-        shutil.rmtree(run_dir, ignore_errors=True)
-
-
 def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> dict:
     """Trains as configured; writes checkpoints/, metrics.json, history.csv and TensorBoard events
     into `run_dir`; returns the metrics.
@@ -139,6 +129,10 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> 
     trainer = build(cfg.trainer)  # trainer=ddp under torchrun: joins the other processes here
     augment, schedule, data = build(cfg.aug), build(cfg.sched), build(cfg.data)
     check_model_config(cfg.model, data.channels)
+    input_size = augment.input_size if augment is not None else None  # the training crop, which evaluation uses
+    if cfg.tta.crop_size is not None and cfg.tta.crop_size > data.image_size:  # found out after training otherwise
+        raise ConfigError(f"tta.crop_size={cfg.tta.crop_size} is invalid: it is larger than the "
+                          f"{data.image_size}x{data.image_size} images")
     ckpt_path = resume_checkpoint(cfg, run_dir)
     main = ddp.is_main()
     world = {"world_size": trainer.world_size} if trainer.world_size > 1 else {}
@@ -151,7 +145,6 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> 
     criterion = make_criterion(cfg.loss, data.class_counts)
     params, megabytes = count_parameters(model), size_mb(model)
     log.info("Model %s: %s parameters, %.2f MB", type(model).__name__, f"{params:,}", megabytes)
-    input_size = augment.input_size if augment is not None else None  # the training crop, which evaluation uses
     meta = {"config": OmegaConf.to_container(cfg, resolve=True), "data": data.describe(), "input_size": input_size}
     logger = build(cfg.logger, log_dir=run_dir) if main else NullLogger()
     try:

@@ -487,6 +487,9 @@ class Trainer:
     def _restore(self, ckpt: dict, ckpt_path, run: _Session) -> tuple[FitState, EpochProgress | None]:
         """Loads the checkpoint's model, optimizer, schedule, RNG and selection state into `run`."""
         check_arguments(FitState, ckpt["state"], "state")
+        for record in ckpt["state"]["history"]:  # the per-epoch figures metrics.json and history.csv are made of
+            if not all(isinstance(k, str) and isinstance(v, int | float) for k, v in record.items()):
+                raise ConfigError(f"state.history holds a record that is not numbers by name: {record}")
         if ckpt.get("progress"):
             check_arguments(EpochProgress, ckpt["progress"], "progress")
         try:
