@@ -10,8 +10,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from .engine.bench import run_benchmark
 from .entry import run_or_exit
+from .runtime.benchmark import run_benchmark
 
 log = logging.getLogger("src.bench")
 

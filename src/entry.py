@@ -35,7 +35,7 @@ _start: datetime.datetime | None = None
 
 
 def _run_id() -> str:
-    from .engine.distributed import rank_zero_value  # torch: imported when a directory is named, not before
+    from .runtime.distributed import rank_zero_value  # torch: imported when a directory is named, not before
 
     return rank_zero_value("run_id", _PROCESS_ID)
 
@@ -44,7 +44,7 @@ def _start_time(pattern: str) -> str:
     """The time of the first call in this process (rank 0's under torchrun), formatted with `pattern`."""
     global _start
     if _start is None:
-        from .engine.distributed import rank_zero_value
+        from .runtime.distributed import rank_zero_value
 
         _start = datetime.datetime.fromisoformat(rank_zero_value("start_time", datetime.datetime.now().isoformat()))
     return _start.strftime(pattern)
@@ -85,7 +85,7 @@ def run_or_exit(work: Callable[[], T], logger: logging.Logger, on_error: Callabl
     In a multirun a failed job must not end the sweep: its error (a UserError's sentence, or the traceback
     of anything else, which also goes to the job's log) is kept for the sweep callback, which records the
     job as failed, and None is returned; the sweep ends with one sentence and a non-zero exit once every
-    job ran (src/engine/sweep.py). Ctrl-C stops the whole sweep."""
+    job ran (src/reporting/sweep_callback.py). Ctrl-C stops the whole sweep."""
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         return work()

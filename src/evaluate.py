@@ -10,8 +10,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from .engine.evaluation import run_evaluation
 from .entry import discard_if_empty, run_or_exit
+from .evaluation.split_evaluation import run_evaluation
 
 log = logging.getLogger("src.evaluate")
 

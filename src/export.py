@@ -11,8 +11,8 @@ import hydra
 from omegaconf import DictConfig
 
 from .config import EXPORT_RULES, check_values
-from .engine.export import export_checkpoint
 from .entry import run_or_exit
+from .evaluation.model_export import export_checkpoint
 
 log = logging.getLogger("src.export")
 

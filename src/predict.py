@@ -10,8 +10,8 @@ import logging
 import hydra
 from omegaconf import DictConfig
 
-from .engine.inference import predict_images
 from .entry import run_or_exit
+from .evaluation.predictor import predict_images
 
 log = logging.getLogger("src.predict")
 

@@ -20,8 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-from .engine.report import collect_runs, insert_into_document, write_report
 from .errors import UserError
+from .reporting.comparison import collect_runs, insert_into_document, write_report
 
 log = logging.getLogger("src.report")
 

@@ -12,10 +12,10 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from .engine import distributed
-from .engine.experiment import train
-from .engine.gpu_claim import gpu_for_sweep_job
 from .entry import discard_if_empty, run_or_exit
+from .runtime import distributed
+from .runtime.gpu_claim import gpu_for_sweep_job
+from .training.experiment import train
 
 log = logging.getLogger("src.train")
 

@@ -5,8 +5,8 @@ import json
 
 from hydra import compose, initialize_config_dir
 
-from src.engine.bench import bench_table, run_benchmark
-from src.engine.experiment import train
+from src.runtime.benchmark import bench_table, run_benchmark
+from src.training.experiment import train
 from tests.helpers import CONF_DIR, TIMING_KEYS, compose_train, fast_overrides, write_dataset
 
 

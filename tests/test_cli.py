@@ -95,7 +95,7 @@ def run_entry(entry: str, *args: str, cwd: Path = ROOT, timeout: float = 120) ->
 
 def test_evaluate_and_predict_commands(tmp_path):
     """The evaluate and predict entrypoints as a user runs them, on a checkpoint of a tiny training."""
-    from src.engine.experiment import train
+    from src.training.experiment import train
     from tests.helpers import compose_train, fast_overrides
 
     root = write_dataset(tmp_path / "data", splits={"train": 8, "val": 2, "test": 3})

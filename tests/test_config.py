@@ -10,12 +10,12 @@ from hydra.utils import get_object, instantiate
 from omegaconf import OmegaConf
 
 from src.data import DigitsData, Fer2013Data, FolderData, ImageData
-from src.engine.experiment import make_criterion
-from src.engine.logger import NullLogger, TensorBoardLogger
-from src.engine.schedules import Constant, Cosine, MultiStep, Plateau, StepDecay
-from src.engine.trainer import Trainer
 from src.errors import ConfigError
 from src.models import LeNet
+from src.training.experiment import make_criterion
+from src.training.schedules import Constant, Cosine, MultiStep, Plateau, StepDecay
+from src.training.tensorboard_logger import NullLogger, TensorBoardLogger
+from src.training.trainer import Trainer
 from tests.helpers import CONF_DIR, GROUPS, quote
 
 OPTIONS = [(group, path.stem) for group in GROUPS for path in sorted((CONF_DIR / group).glob("*.yaml"))]
@@ -53,8 +53,8 @@ def test_defaults(compose_cfg):
     assert cfg.model._target_ == "src.models.resnet.ResNet"
     assert cfg.model.input_size == cfg.data.image_size == 48
     assert cfg.optim._target_ == "torch.optim.SGD" and cfg.optim._partial_
-    assert cfg.sched._target_ == "src.engine.schedules.Cosine"
-    assert cfg.logger._target_ == "src.engine.logger.TensorBoardLogger"
+    assert cfg.sched._target_ == "src.training.schedules.Cosine"
+    assert cfg.logger._target_ == "src.training.tensorboard_logger.TensorBoardLogger"
     assert cfg.seed == 0 and cfg.ckpt_path is None
     assert "hydra" not in cfg
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from src.data import DeviceLoader
-from src.engine.experiment import train
+from src.training.experiment import train
 from tests.helpers import ROOT, TIMING_KEYS, compose_train, fast_overrides, quote, read_metrics, write_dataset
 from tests.test_data import epoch, indexed_split
 from tests.test_train import CONTRACT_KEYS

@@ -14,12 +14,12 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from src.engine.evaluation import roc_auc, run_evaluation
-from src.engine.experiment import train
-from src.engine.export import export_checkpoint
-from src.engine.inference import Ensemble, Predictor, checkpoint_paths, load_model, predict_images, tta_views
 from src.errors import UserError
+from src.evaluation.model_export import export_checkpoint
+from src.evaluation.predictor import Ensemble, Predictor, checkpoint_paths, load_model, predict_images, tta_views
+from src.evaluation.split_evaluation import roc_auc, run_evaluation
 from src.models import LeNet
+from src.training.experiment import train
 from tests.helpers import CONF_DIR, compose_train, fast_overrides, quote, write_dataset
 
 REPORT_FILES = ("metrics.json", "confusion_matrix.png", "roc.png", "pr.png", "misclassified.png", "per_class.md",

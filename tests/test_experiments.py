@@ -9,7 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from src.engine.experiment import train
+from src.training.experiment import train
 from tests.helpers import CONF_DIR, FER_CLASSES, compose_train, quote, write_dataset
 from tests.test_cifar100 import write_release
 from tests.test_cli import output_args, run_train

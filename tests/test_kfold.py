@@ -15,8 +15,8 @@ from PIL import Image
 from src.config import build
 from src.data import DigitsData, FolderData
 from src.data.splits import assign_folds
-from src.engine.experiment import train
 from src.errors import ConfigError, DataError
+from src.training.experiment import train
 from tests.helpers import CLASSES, class_image, fast_overrides, image_files, read_metrics
 
 SUBJECT = r"^(S\d+)_"

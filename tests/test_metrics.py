@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from src.engine.metrics import classification_metrics, per_class_table
+from src.evaluation.metrics import classification_metrics, per_class_table
 
 CLASSES = ["a", "b", "c"]
 #                   a  a  a  a  b  b  b  c  c  c

@@ -17,15 +17,15 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
-import src.engine.trainer as trainer_module
 import src.fileio as fileio
+import src.training.trainer as trainer_module
 from src.data import Split
 from src.data.loader import DeviceLoader
 from src.data.sources import read_folder
-from src.engine.experiment import train
-from src.engine.trainer import Interrupted
 from src.entry import run_or_exit
 from src.errors import DataError, UserError
+from src.training.experiment import train
+from src.training.trainer import Interrupted
 from tests.helpers import CONF_DIR, ROOT, TIMING_KEYS, compose_train, fast_overrides, quote, write_dataset
 
 
@@ -281,7 +281,7 @@ class _Exploit:
 
 @pytest.mark.parametrize("entry", ["resume", "evaluate"])
 def test_a_checkpoint_that_would_run_code_is_refused_and_nothing_runs(tmp_path, data_root, entry):
-    from src.engine.inference import load_model
+    from src.evaluation.predictor import load_model
 
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"

@@ -242,7 +242,7 @@ def test_parallel_jobs_claim_different_gpus_and_wait_when_all_are_taken(tmp_path
     import threading
     import time
 
-    from src.engine.gpu_claim import claim_gpu
+    from src.runtime.gpu_claim import claim_gpu
 
     with claim_gpu(tmp_path, 2) as first, claim_gpu(tmp_path, 2) as second:
         assert {first, second} == {0, 1}
@@ -276,7 +276,7 @@ def test_a_sweep_job_with_device_auto_trains_on_the_gpu_it_claims(tmp_path, monk
     import torch
     from hydra.types import RunMode
 
-    from src.engine.gpu_claim import gpu_for_sweep_job
+    from src.runtime.gpu_claim import gpu_for_sweep_job
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

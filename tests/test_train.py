@@ -13,10 +13,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-import src.engine.trainer as trainer_module
-from src.engine.experiment import train
+import src.training.trainer as trainer_module
 from src.errors import ConfigError, DataError, UserError
 from src.models import LeNet, count_parameters
+from src.training.experiment import train
 from tests.helpers import CLASSES, TIMING_KEYS, compose_train, fast_overrides, quote, read_metrics, write_dataset
 
 CONTRACT_KEYS = [

@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from src.engine.ema import ModelEma
-from src.engine.mixing import BatchMix
+from src.data.mixing import BatchMix
 from src.errors import ConfigError
+from src.training.ema import ModelEma
 
 
 def batch(n: int = 6, size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:

@@ -29,13 +29,13 @@ from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
 import src.data.sources as sources
-import src.engine.experiment as experiment
+import src.training.experiment as experiment
 from src.data.images import decode_image
-from src.engine.export import export_checkpoint
-from src.engine.inference import load_model
-from src.engine.report import collect_runs
 from src.entry import run_or_exit
 from src.errors import BadImageError, ConfigError, DataError, UserError
+from src.evaluation.model_export import export_checkpoint
+from src.evaluation.predictor import load_model
+from src.reporting.comparison import collect_runs
 from tests.helpers import ROOT, compose_train, fast_overrides, quote, read_fer, write_dataset, write_fer_csv
 from tests.test_cifar100 import make as read_cifar
 from tests.test_cifar100 import write_release
@@ -184,7 +184,7 @@ def test_a_checkpoint_naming_a_dataset_class_of_another_package_is_refused(train
 
 
 def run_or_exit_free_evaluate(trained: dict, ckpt: Path, tmp_path: Path):
-    from src.engine.evaluation import run_evaluation
+    from src.evaluation.split_evaluation import run_evaluation
     from tests.test_evaluate import compose_entry
 
     cfg = compose_entry("eval", [f"ckpt_path={quote(ckpt)}", f"paths.cache_dir={quote(trained['cache'])}",

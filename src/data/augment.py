@@ -225,14 +225,14 @@ class Augment:
     """The `aug=` config group: each op is configured by a mapping of its parameters, or null for off.
 
     Order: resampling warp (resized_crop, then affine) → pad-and-crop → flip → colour → erasing.
-    `mix` (mixup / CutMix, src/engine/mixing.py) is applied by the trainer after these, since it also
+    `mix` (mixup / CutMix, src/data/mixing.py) is applied by the trainer after these, since it also
     changes the targets.
     """
 
     def __init__(self, resized_crop: Mapping | None = None, affine: Mapping | None = None,
                  crop: Mapping | None = None, flip: Mapping | None = None, jitter: Mapping | None = None,
                  erase: Mapping | None = None, mix: Mapping | None = None):
-        from ..engine.mixing import BatchMix
+        from .mixing import BatchMix
 
         mixing = _make(BatchMix, mix, "aug.mix") if mix is not None else None
         self.mix = mixing if mixing is not None and mixing.enabled else None

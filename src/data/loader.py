@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import torch
 
-from ..engine.distributed import shard_order
+from ..runtime.distributed import shard_order
 from .sources import Split
 
 

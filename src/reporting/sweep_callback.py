@@ -3,7 +3,7 @@
 After every job it appends the job's outcome to <sweep dir>/jobs.jsonl (one line per job, safe across
 the processes of a parallel launcher) and rewrites summary.csv / summary.md, so a long sweep has an
 up-to-date table at any time and a failed job is a row with its error while the other jobs go on.
-When the sweep ends it writes the full report (tables and plots, see src/engine/report.py).
+When the sweep ends it writes the full report (tables and plots, see src/reporting/comparison.py).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from ..entry import take_job_error
-from .report import collect_runs, read_job_records, write_report
+from .comparison import collect_runs, read_job_records, write_report
 
 log = logging.getLogger(__name__)
 

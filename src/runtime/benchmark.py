@@ -30,11 +30,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..config import build
 from ..data.sources import read_folder
+from ..evaluation.predictor import Predictor
 from ..fileio import atomic_write_json, atomic_write_text
-from .experiment import make_criterion
-from .inference import Predictor
+from ..training.experiment import make_criterion
+from .devices import autocast, synchronize
 from .run_info import PROJECT_ROOT, device_name
-from .runtime import autocast, synchronize
 
 log = logging.getLogger(__name__)
 

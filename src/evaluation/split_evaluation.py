@@ -20,10 +20,10 @@ from ..config import EVAL_RULES, build_stored, check_values
 from ..data import DATASET_CLASSES, Split
 from ..errors import UserError
 from ..fileio import atomic_write_json
-from .distributed import map_shards
-from .inference import average_probabilities, checkpoint_paths, load_predictors
+from ..runtime.distributed import map_shards
+from .figures import confusion_matrix_figure, misclassified_figure, pca_figure, pr_figure, roc_figure, save_figure
 from .metrics import classification_metrics, per_class_table
-from .plots import confusion_matrix_figure, misclassified_figure, pca_figure, pr_figure, roc_figure, save_figure
+from .predictor import average_probabilities, checkpoint_paths, load_predictors
 
 log = logging.getLogger(__name__)
 

@@ -19,13 +19,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..checkpoints import load_checkpoint
 from ..config import PREDICT_RULES, build_stored, check_values
 from ..data.images import decode_image
 from ..data.sources import find_images
 from ..errors import BadImageError, ConfigError, UserError
 from ..models import MODEL_CLASSES
-from .checkpoint import load_checkpoint
-from .runtime import autocast, resolve_device, resolve_precision
+from ..runtime.devices import autocast, resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
 

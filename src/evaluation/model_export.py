@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError, UserError
-from .inference import load_model
+from .predictor import load_model
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from .plots import confusion_matrix_figure
+from ..evaluation.figures import confusion_matrix_figure
 
 
 class TensorBoardLogger:

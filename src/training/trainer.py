@@ -18,17 +18,17 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from ..checkpoints import load_checkpoint, save_checkpoint
 from ..config import check_arguments
 from ..data import Augment, DeviceLoader, ImageData
 from ..errors import ConfigError, UserError
-from . import distributed as ddp
-from .checkpoint import load_checkpoint, save_checkpoint
+from ..evaluation.predictor import Predictor, to_input
+from ..evaluation.split_evaluation import evaluate_split
+from ..runtime import distributed as ddp
+from ..runtime.devices import autocast, resolve_device, resolve_precision, seconds_since_process_start, synchronize
 from .ema import ModelEma
-from .evaluation import evaluate_split
-from .inference import Predictor, to_input
-from .logger import NullLogger
-from .runtime import autocast, resolve_device, resolve_precision, seconds_since_process_start, synchronize
 from .schedules import Plateau
+from .tensorboard_logger import NullLogger
 
 log = logging.getLogger(__name__)
 

@@ -345,7 +345,12 @@ def write_tables(runs: list[Run], out_dir: Path) -> str:
 
 def write_plots(runs: list[Run], out_dir: Path) -> list[Path]:
     """curves.png, bars.png and best_confusion_matrix.png (each only when the runs have what it shows)."""
-    from .plots import comparison_bars_figure, confusion_matrix_figure, curves_by_epoch_figure, save_figure
+    from ..evaluation.figures import (
+        comparison_bars_figure,
+        confusion_matrix_figure,
+        curves_by_epoch_figure,
+        save_figure,
+    )
 
     written = []
     completed = [run for run in runs if run.status == "completed"]

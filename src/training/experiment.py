@@ -1,7 +1,7 @@
 """One training run from a composed config: build, train, select on val, test once, write results.
 
 This is the wiring `python -m src.train` calls; every piece is instantiated from its config group:
-data (`src.data`), model (`src.models`), aug, optim, sched, trainer (`src.engine.trainer`), logger.
+data (`src.data`), model (`src.models`), aug, optim, sched, trainer (`src.training.trainer`), logger.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 from omegaconf import DictConfig, OmegaConf
 
+from ..checkpoints import load_checkpoint
 from ..config import (
     TRAIN_RULES,
     build,
@@ -26,14 +27,13 @@ from ..config import (
     config_differences,
 )
 from ..errors import ConfigError, UserError
+from ..evaluation.metrics import per_class_table
+from ..evaluation.split_evaluation import evaluate_split, prefixed, write_report
 from ..fileio import atomic_write_json
 from ..models import count_conv_layers, count_parameters, size_mb
-from . import distributed as ddp
-from .checkpoint import load_checkpoint
-from .evaluation import evaluate_split, prefixed, write_report
-from .logger import NullLogger
-from .metrics import per_class_table
-from .run_info import collect_run_info
+from ..runtime import distributed as ddp
+from ..runtime.run_info import collect_run_info
+from .tensorboard_logger import NullLogger
 from .trainer import Interrupted
 
 log = logging.getLogger(__name__)

@@ -1,1 +1,0 @@
-"""Training loop, evaluation, metrics, checkpoints, schedules and TensorBoard logging."""
