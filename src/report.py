@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from .errors import UserError
-from .reporting.comparison import collect_runs, insert_into_document, write_report
+from .reporting.comparison import collect_runs, insert_into_document, write_comparison
 
 log = logging.getLogger("src.report")
 
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         single_sweep = len(args.paths) == 1 and (Path(args.paths[0]) / "jobs.jsonl").is_file()
         out = Path(args.out or (args.paths[0] if single_sweep else
                                 Path("outputs/reports") / time.strftime("%Y-%m-%d_%H-%M-%S")))
-        markdown = write_report(runs, out, plots=not args.no_plots)
+        markdown = write_comparison(runs, out, plots=not args.no_plots)
         print(markdown)
         if args.readme:
             command = "python -m src.report " + " ".join(sys.argv[1:] if argv is None else argv)

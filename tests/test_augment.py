@@ -121,8 +121,8 @@ def test_sized_crop_is_a_random_window_of_that_size():
         offsets.add(found[0])
     assert len(offsets) > 4
     assert torch.equal(PadCrop(padding=0, size=44, p=0.0)(x, gen()), x[..., 2:46, 2:46])  # not applied: centre
-    assert Augment(crop={"padding": 0, "size": 44}).input_size == 44
-    assert Augment(crop={"padding": 4}).input_size is None
+    assert Augment(crop={"padding": 0, "size": 44}).crop_size == 44
+    assert Augment(crop={"padding": 4}).crop_size is None
 
 
 def test_sized_crop_larger_than_the_padded_image_is_a_config_error():

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from src.data import DigitsData, Fer2013Data, FolderData, ImageData
 from src.errors import ConfigError
 from src.models import LeNet
-from src.training.experiment import make_criterion
+from src.training.losses import make_criterion
 from src.training.schedules import Constant, Cosine, MultiStep, Plateau, StepDecay
 from src.training.tensorboard_logger import NullLogger, TensorBoardLogger
 from src.training.trainer import Trainer

@@ -14,10 +14,13 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
+from src.data.inputs import ModelInput, tta_views
 from src.errors import UserError
+from src.evaluation.image_prediction import predict_images
+from src.evaluation.metrics import roc_auc
 from src.evaluation.model_export import export_checkpoint
-from src.evaluation.predictor import Ensemble, Predictor, checkpoint_paths, load_model, predict_images, tta_views
-from src.evaluation.split_evaluation import roc_auc, run_evaluation
+from src.evaluation.predictor import Ensemble, Predictor, checkpoint_paths, load_model
+from src.evaluation.split_evaluation import run_evaluation
 from src.models import LeNet
 from src.training.experiment import train
 from tests.helpers import CONF_DIR, compose_train, fast_overrides, quote, write_dataset
@@ -99,7 +102,7 @@ def test_ensemble_of_two_averages_probabilities_and_lists_members(trained, tmp_p
     table = (tmp_path / "ensemble.md").read_text()
     assert "**ensemble**" in table and all(c in table for c in trained["ckpts"])
     images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
-    members = [Predictor(*load_model(c)[:1], **normalization(c)) for c in trained["ckpts"]]
+    members = [Predictor(load_model(c)[0], normalization(c)) for c in trained["ckpts"]]
     expected = torch.stack([m.log_probs(images).exp() for m in members]).mean(0)
     assert torch.allclose(Ensemble(members).log_probs(images).exp(), expected, atol=1e-6)
 
@@ -121,9 +124,9 @@ def test_run_and_sweep_directories_as_ckpt_path(trained, tmp_path):
         assert folder[key] == listed[key], key
 
 
-def normalization(ckpt: str) -> dict:
+def normalization(ckpt: str) -> ModelInput:
     data = torch.load(ckpt, weights_only=True)["meta"]["data"]
-    return {"mean": data["mean"], "std": data["std"]}
+    return ModelInput(data["mean"], data["std"])
 
 
 def test_class_mismatch_is_a_clear_error(trained, tmp_path):
@@ -155,7 +158,7 @@ def test_tta_views():
 
 @pytest.mark.parametrize("tta", ["none", "flip", "tencrop"])
 def test_predictor_output_shape_with_tta(tta):
-    predictor = Predictor(LeNet(4, 1), [0.5], [0.25], tta=tta, batch_size=3)
+    predictor = Predictor(LeNet(4, 1), ModelInput([0.5], [0.25]), tta=tta, batch_size=3)
     log_probs = predictor.log_probs(torch.randint(0, 256, (7, 1, 48, 48), dtype=torch.uint8))
     assert log_probs.shape == (7, 4)
     assert torch.allclose(log_probs.exp().sum(1), torch.ones(7), atol=1e-5)
@@ -167,7 +170,7 @@ def test_flip_tta_averages_the_logits_of_image_and_mirror():
     x = (images.float() / 255 - 0.5) / 0.25
     with torch.no_grad():
         expected = torch.log_softmax((model(x) + model(x.flip(-1))) / 2, dim=1)
-    got = Predictor(model, [0.5], [0.25], tta="flip").log_probs(images)
+    got = Predictor(model, ModelInput([0.5], [0.25]), tta="flip").log_probs(images)
     assert torch.allclose(got, expected, atol=1e-5)
 
 
@@ -302,10 +305,10 @@ def test_predictor_centre_crops_to_the_training_size():
             return x.mean(dim=(2, 3)).repeat(1, 3)
 
     images = torch.randint(0, 256, (2, 1, 32, 32), dtype=torch.uint8)
-    Predictor(Spy(), [0.0], [1.0], input_size=28).log_probs(images)
+    Predictor(Spy(), ModelInput([0.0], [1.0], crop=28)).log_probs(images)
     assert len(seen) == 1 and torch.equal(seen[0], images[..., 2:30, 2:30].float() / 255)
     seen.clear()
-    Predictor(Spy(), [0.0], [1.0], tta="tencrop", input_size=28).log_probs(images)
+    Predictor(Spy(), ModelInput([0.0], [1.0], crop=28), tta="tencrop").log_probs(images)
     assert len(seen) == 10 and all(x.shape[-2:] == (28, 28) for x in seen)
     assert torch.equal(seen[0], images[..., :28, :28].float() / 255)
 

@@ -1,13 +1,14 @@
-"""The model zoo: every conf/model config by the DESIGN.md contract, documented parameter counts,
-Shake-Shake's randomness, ResNeXt's cardinality and depth."""
+"""The model zoo: every conf/model config by the model-config contract of docs/design.md, documented
+parameter counts, Shake-Shake's randomness, ResNeXt's cardinality and depth."""
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn as nn
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
 from src.config import build as build_from_config
@@ -46,12 +47,34 @@ PARAMETERS = {
     "tv_wide_resnet50_2": 66_839_751,
     "tv_densenet121": 6_952_199,
 }
+
+# Keys a model config keeps at the class default: `python -m src.train model=NAME model.KEY=value` needs
+# KEY in the file (Hydra refuses to override a key the config lacks: "Key 'KEY' is not in struct").
+# Each is overridden by the README (Models), an experiment config, hparams_search=fer_optuna or a test.
+_EVERY_MODEL = {"dropout"}  # README: every model takes model.dropout; fer_optuna searches it
+_STRIDED_STEM = _EVERY_MODEL | {"stem"}  # README: model.stem=auto|cifar|imagenet; experiment=report003_cifar
+_RESNET = _STRIDED_STEM | {"stem_stride", "zero_init_residual"}  # README; experiment=fer2013_cpu (stem_stride)
+KEPT_FOR_OVERRIDES = {
+    "lenet": _EVERY_MODEL,
+    "alexnet": _STRIDED_STEM,
+    "googlenet": _STRIDED_STEM | {"aux_heads", "aux_weight"},  # README: model.aux_heads, model.aux_weight
+    **dict.fromkeys(["vgg11", "vgg13", "vgg16", "vgg19"],
+                    _EVERY_MODEL | {"depth", "pool_size", "classifier_width"}),  # README: model.depth, the head
+    "resnet18": _RESNET | {"layers", "widths"},  # widths: experiment=fer2013_cpu; layers: tests/test_trust.py
+    **dict.fromkeys(["resnet34", "resnet50", "resnext3", "resnext4", "resnext5", "se_resnext3", "resnext29_32x4d",
+                     "shake_shake26_2x32d"], _RESNET),
+    **dict.fromkeys(["wrn16_8", "wrn28_10"], _RESNET | {"block_dropout"}),  # README: model.block_dropout
+    **dict.fromkeys(["tv_resnet18", "tv_resnet50", "tv_resnext50_32x4d", "tv_wide_resnet50_2", "tv_densenet121"],
+                    _STRIDED_STEM | {"pretrained"}),  # README: model.pretrained=true
+}
+
+
 def load(name: str):
     return OmegaConf.load(MODEL_DIR / f"{name}.yaml")
 
 
 def build(name: str, num_classes: int = 7, in_channels: int = 1, **kwargs) -> nn.Module:
-    """The DESIGN.md contract: instantiate(OmegaConf.load(path), num_classes=K, in_channels=C)."""
+    """The model-config contract (docs/design.md): instantiate(OmegaConf.load(path), num_classes=K, in_channels=C)."""
     return instantiate(load(name), num_classes=num_classes, in_channels=in_channels, **kwargs)
 
 
@@ -236,6 +259,29 @@ def test_model_table_command_lists_every_model():
 
 
 def test_model_configs_are_self_contained():
-    """DESIGN.md: each file instantiates alone, so none may rely on a Hydra defaults list."""
+    """docs/design.md, the model-config contract: each file instantiates alone, so none may rely on a Hydra
+    defaults list."""
     for path in Path(MODEL_DIR).glob("*.yaml"):
         assert "defaults" not in OmegaConf.load(path), path.name
+
+
+def test_model_configs_set_only_what_differs_from_the_class_defaults():
+    """A conf/model file sets the keys whose values differ from its class's defaults, and the
+    KEPT_FOR_OVERRIDES keys (which must be there, at any value); input_size passes the dataset's image
+    size wherever the class takes one."""
+    assert sorted(KEPT_FOR_OVERRIDES) == MODELS
+    redundant = []
+    for name in MODELS:
+        cfg = OmegaConf.to_container(load(name), resolve=False)
+        parameters = inspect.signature(get_class(cfg.pop("_target_"))).parameters
+        kept = KEPT_FOR_OVERRIDES[name]
+        assert kept <= cfg.keys(), f"{name}.yaml lacks {sorted(kept - cfg.keys())}, which users override"
+        if "input_size" in parameters:
+            assert cfg.get("input_size") == "${oc.select:data.image_size,null}", name
+        for key, value in cfg.items():
+            assert key in parameters, f"{name}.yaml: {key} is not an argument of its class"
+            default = parameters[key].default
+            default = list(default) if isinstance(default, tuple) else default
+            if key not in kept and value == default:  # input_size's "${...}" string equals no default
+                redundant.append(f"{name}.{key}={value}")
+    assert not redundant, f"set to the class default (remove, or list in KEPT_FOR_OVERRIDES): {redundant}"

@@ -25,7 +25,7 @@ from src.data.sources import read_folder
 from src.entry import run_or_exit
 from src.errors import DataError, UserError
 from src.training.experiment import train
-from src.training.trainer import Interrupted
+from src.training.monitors import Interrupted
 from tests.helpers import CONF_DIR, ROOT, TIMING_KEYS, compose_train, fast_overrides, quote, write_dataset
 
 

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from ..config import check_arguments, check_value, show
 from ..errors import ConfigError
+from .mixing import BatchMix
 
 
 def _uniform(low: float, high: float, n: int, g: torch.Generator, device) -> torch.Tensor:
@@ -225,15 +226,13 @@ class Augment:
     """The `aug=` config group: each op is configured by a mapping of its parameters, or null for off.
 
     Order: resampling warp (resized_crop, then affine) → pad-and-crop → flip → colour → erasing.
-    `mix` (mixup / CutMix, src/data/mixing.py) is applied by the trainer after these, since it also
-    changes the targets.
+    `mix` (mixup / CutMix, src/data/mixing.py) is applied after these and the normalization, since it also
+    changes the targets (ModelInput.training_batch, src/data/inputs.py).
     """
 
     def __init__(self, resized_crop: Mapping | None = None, affine: Mapping | None = None,
                  crop: Mapping | None = None, flip: Mapping | None = None, jitter: Mapping | None = None,
                  erase: Mapping | None = None, mix: Mapping | None = None):
-        from .mixing import BatchMix
-
         mixing = _make(BatchMix, mix, "aug.mix") if mix is not None else None
         self.mix = mixing if mixing is not None and mixing.enabled else None
         self.warps = [_make(op, cfg, f"aug.{key}") for op, cfg, key in
@@ -246,9 +245,9 @@ class Augment:
         return bool(self.warps or self.ops)
 
     @property
-    def input_size(self) -> int | None:
-        """The side of the training inputs when the crop makes them smaller than the images (aug.crop.size),
-        else None (the full image). Evaluation crops to it (see inference.tta_views)."""
+    def crop_size(self) -> int | None:
+        """aug.crop.size: the side of the training crop, or None (the crop keeps the image's size).
+        ModelInput (src/data/inputs.py) makes evaluation see inputs of the same size."""
         crop = next((op for op in self.ops if isinstance(op, PadCrop)), None)
         return crop.size if crop is not None else None
 

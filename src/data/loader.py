@@ -9,8 +9,18 @@ from collections.abc import Iterator
 
 import torch
 
-from ..runtime.distributed import shard_order
 from .sources import Split
+
+
+def shard_order(order: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    """This rank's share of an epoch's sample order: every world_size-th position from `rank` on, over
+    the first len(order) // world_size * world_size positions. The shares are disjoint and of equal
+    length (ranks must take the same number of steps); the remainder, fewer than world_size samples at
+    the end of the order, is dropped (other samples each epoch, as the order is drawn anew). Strided
+    rather than contiguous: the global batch b (batch b of every rank) is then positions
+    [b * B * W, (b + 1) * B * W) of the order, the batch of one process with batch size B * W."""
+    usable = len(order) // world_size * world_size
+    return order[rank:usable:world_size]
 
 
 def balanced_weights(labels: torch.Tensor) -> torch.Tensor:
@@ -26,7 +36,7 @@ class DeviceLoader:
     replacement weighted inverse to class frequency (torch's WeightedRandomSampler semantics).
     The order is drawn on the host with a CPU generator (reproducible on any device) and copied
     once per epoch. After `shard(rank, world_size)` (DistributedDataParallel) every rank draws the
-    same order and serves only its share of it (see distributed.shard_order).
+    same order and serves only its share of it (see shard_order).
     """
 
     def __init__(self, split: Split, batch_size: int, device: torch.device | str, *, shuffle: bool = False,

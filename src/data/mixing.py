@@ -1,4 +1,4 @@
-"""Mixup and CutMix on a training batch (the `mix:` node of conf/train.yaml).
+"""Mixup and CutMix on a training batch (the `aug.mix` setting of conf/aug/*.yaml).
 
 Per batch, with probability `prob`: mixup blends every image with its partner, `lam * x + (1 - lam) *
 x_partner`; CutMix pastes a box of the partner covering 1 - lam of the image. The targets become the

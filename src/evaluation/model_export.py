@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.inputs import ModelInput
 from ..errors import ConfigError, UserError
 from .predictor import load_model
 
@@ -33,7 +34,8 @@ def export_checkpoint(ckpt_path: str, fmt: str, output: str | None = None) -> Pa
             raise ConfigError(f"output={output or out} would overwrite the checkpoint it exports ({ckpt_path}); "
                               "choose another output path")
     out.parent.mkdir(parents=True, exist_ok=True)
-    side = meta.get("input_size") or data["image_size"]  # trained on centre-cropped inputs when input_size is set
+    # the model's input: the training crop when it was trained on crops, else the whole image
+    side = ModelInput(data["mean"], data["std"], meta.get("input_size")).input_size(data["image_size"])
     example = torch.randn(2, data["channels"], side, side)
     if fmt == "onnx":
         try:

@@ -1,114 +1,54 @@
 """From uint8 images to class log-probabilities, preprocessed exactly as in training.
 
-`Predictor` wraps one model with its normalization, device, precision and test-time augmentation;
-`Ensemble` averages the probabilities of several. The trainer's validation, the test evaluation at
-the end of training, `src.evaluate` and `src.predict` all go through them: one code path.
+`Predictor` wraps one model with its inputs (normalization, crop, test-time augmentation), device and
+precision; `Ensemble` averages the probabilities of several. The trainer's validation, the test
+evaluation at the end of training, `src.evaluate` and `src.predict` all go through them: one code path.
+`load_predictors` rebuilds them from checkpoints (`load_model`: the stored config is data, see
+config.build_stored).
 """
 from __future__ import annotations
 
-import csv
-import glob
-import json
 import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..checkpoints import load_checkpoint
-from ..config import PREDICT_RULES, build_stored, check_values
-from ..data.images import decode_image
-from ..data.sources import find_images
-from ..errors import BadImageError, ConfigError, UserError
+from ..config import build_stored
+from ..data.inputs import TTA_MODES, ModelInput
+from ..errors import ConfigError, UserError
 from ..models import MODEL_CLASSES
 from ..runtime.devices import autocast, resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
 
-TTA_MODES = ("none", "flip", "tencrop")
-
-
-def to_input(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, channels_last: bool,
-             augment=None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """uint8 (B, C, H, W) → float in [0, 1] → augmented (training only) → normalized model input."""
-    x = images.float().div_(255)
-    if augment:
-        x = augment(x, generator)
-    x = (x - mean) / std
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-
-def default_crop_size(image_size: int) -> int:
-    """The ten-crop size when none is given: 44 of 48, as the FER2013 papers use (11/12 of the side)."""
-    return image_size * 11 // 12
-
-
-def center_crop(x: torch.Tensor, size: int | None) -> torch.Tensor:
-    """The centre size x size crop (x itself when size is None or not smaller)."""
-    h, w = x.shape[-2:]
-    if size is None or size >= min(h, w):
-        return x
-    top, left = (h - size) // 2, (w - size) // 2
-    return x[..., top:top + size, left:left + size]
-
-
-def tta_views(x: torch.Tensor, mode: str, crop_size: int | None = None, input_size: int | None = None
-              ) -> list[torch.Tensor]:
-    """The views whose logits are averaged: the image (none); and its mirror (flip); or the four corner
-    and the centre crops of crop_size, each also mirrored (tencrop).
-
-    `input_size` is the side the model was trained on when training cropped (aug.crop.size, e.g. 44 of
-    48): none and flip then see the centre crop, and tencrop's crops default to that size."""
-    h, w = x.shape[-2:]
-    if input_size is not None and input_size >= min(h, w):
-        input_size = None  # trained on whole images
-    if mode == "none":
-        return [center_crop(x, input_size)]
-    if mode == "flip":
-        view = center_crop(x, input_size)
-        return [view, view.flip(-1)]
-    if mode != "tencrop":
-        raise ConfigError(f"tta.mode={mode} is invalid: use one of {', '.join(TTA_MODES)}")
-    c = crop_size or input_size or default_crop_size(min(h, w))
-    if not 0 < c <= min(h, w):
-        raise ConfigError(f"tta.crop_size={c} is invalid for {h}x{w} images")
-    corners = [(0, 0), (0, w - c), (h - c, 0), (h - c, w - c), ((h - c) // 2, (w - c) // 2)]
-    crops = [x[..., top:top + c, left:left + c] for top, left in corners]
-    return crops + [crop.flip(-1) for crop in crops]
-
 
 class Predictor:
-    """One model, ready to predict: normalization, device, precision, memory format, TTA, and the centre
-    crop to the size it was trained on (input_size, when training cropped; see tta_views)."""
+    """One model, ready to predict: its inputs (normalization, memory format, the centre crop or the views
+    of test-time augmentation: data.inputs.ModelInput), device and precision."""
 
-    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float],
-                 device: torch.device | str = "cpu", precision: str = "fp32", channels_last: bool = False,
-                 tta: str = "none", crop_size: int | None = None, batch_size: int = 512,
-                 input_size: int | None = None):
+    def __init__(self, model: nn.Module, inputs: ModelInput, device: torch.device | str = "cpu",
+                 precision: str = "fp32", tta: str = "none", crop_size: int | None = None, batch_size: int = 512):
         if tta not in TTA_MODES:
             raise ConfigError(f"tta.mode={tta} is invalid: use one of {', '.join(TTA_MODES)}")
-        self.model, self.device, self.precision = model, torch.device(device), precision
-        self.channels_last, self.tta, self.crop_size, self.batch_size = channels_last, tta, crop_size, batch_size
-        self.input_size = input_size
-        self.mean = torch.tensor(list(mean), device=self.device).view(1, -1, 1, 1)
-        self.std = torch.tensor(list(std), device=self.device).view(1, -1, 1, 1)
+        self.model, self.inputs, self.device, self.precision = model, inputs, torch.device(device), precision
+        self.tta, self.crop_size, self.batch_size = tta, crop_size, batch_size
 
     def _batches(self, images: torch.Tensor):
         for start in range(0, len(images), self.batch_size):
-            batch = images[start:start + self.batch_size].to(self.device, non_blocking=True)
-            yield to_input(batch, self.mean, self.std, self.channels_last)
+            yield images[start:start + self.batch_size].to(self.device, non_blocking=True)
 
     @torch.inference_mode()
     def log_probs(self, images: torch.Tensor) -> torch.Tensor:
         """(N, K) float32 log-probabilities on the CPU for uint8 images (N, C, H, W) on any device."""
         self.model.eval()
         out = []
-        for x in self._batches(images):
-            views = tta_views(x, self.tta, self.crop_size, self.input_size)
+        for batch in self._batches(images):
+            views = self.inputs.views(batch, self.tta, self.crop_size)
             with autocast(self.device, self.precision):
                 logits = torch.stack([self.model(v).float() for v in views]).mean(0)
             out.append(F.log_softmax(logits, dim=1))
@@ -119,9 +59,9 @@ class Predictor:
         """(N, F) penultimate-layer features (the model's forward_features), without TTA."""
         self.model.eval()
         out = []
-        for x in self._batches(images):
+        for batch in self._batches(images):
             with autocast(self.device, self.precision):
-                out.append(self.model.forward_features(center_crop(x, self.input_size)).float())
+                out.append(self.model.forward_features(self.inputs.centre(batch)).float())
         return torch.cat(out).cpu()
 
 
@@ -226,77 +166,7 @@ def load_predictors(ckpt_paths: Sequence[str], trainer_cfg, tta_cfg, batch_size:
         elif described != {k: first[k] for k in described}:
             raise UserError(f"checkpoint {path} was trained on {described}, unlike {ckpt_paths[0]} "
                             f"({ {k: first[k] for k in described} }); an ensemble needs the same classes and input")
-        predictors.append(Predictor(model, data["mean"], data["std"], device, precision, channels_last,
-                                    tta_cfg.mode, tta_cfg.crop_size,
-                                    batch_size or (meta["config"].get("data") or {}).get("eval_batch_size") or 512,
-                                    meta.get("input_size")))
+        inputs = ModelInput(data["mean"], data["std"], meta.get("input_size"), channels_last=channels_last)
+        predictors.append(Predictor(model, inputs, device, precision, tta_cfg.mode, tta_cfg.crop_size,
+                                    batch_size or (meta["config"].get("data") or {}).get("eval_batch_size") or 512))
     return predictors, first
-
-
-def expand_image_paths(entries: Sequence[str]) -> list[str]:
-    """Files, folders (searched recursively for images) and globs → image paths; what matches nothing
-    is reported and skipped."""
-    found: list[str] = []
-    for entry in entries:
-        path = Path(str(entry)).expanduser()
-        if path.is_dir():
-            found += find_images(path)
-        elif path.is_file():
-            found.append(str(path))
-        elif path.exists():  # a FIFO, socket or device: reading it could block forever
-            log.warning("%s is not a regular file: skipped", entry)
-        elif any(ch in str(entry) for ch in "*?["):
-            matches = sorted(p for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
-            found += matches
-            if not matches:
-                log.warning("%s matches no file", entry)
-        else:
-            log.warning("%s: no such file or folder", entry)
-    return found
-
-
-def predict_images(cfg) -> list[dict]:
-    """`python -m src.predict`: top-k classes per image, printed and optionally written to CSV/JSON."""
-    check_values(cfg, PREDICT_RULES)
-    entries = [cfg.images] if isinstance(cfg.images, str) else list(cfg.images)
-    predictors, shared = load_predictors(checkpoint_paths(cfg.ckpt_path), cfg.trainer, cfg.tta)
-    classes = shared["classes"]
-    files, arrays = [], []
-    for file in expand_image_paths(entries):
-        try:  # exactly the training decode: mode conversion to the checkpoint's channels, resize
-            arrays.append(decode_image(file, shared["channels"], shared["image_size"]))
-            files.append(file)
-        except BadImageError as exc:
-            log.warning("skipped: %s", exc)
-    if not files:
-        raise UserError(f"no readable images in images={entries}")
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    target = predictors[0] if len(predictors) == 1 else Ensemble(predictors)
-    probs = target.log_probs(images).exp()
-    k = max(1, min(int(cfg.top_k), len(classes)))
-    rows = []
-    for file, p in zip(files, probs):
-        top = p.topk(k)
-        ranked = [{"label": classes[i], "probability": round(float(v), 6)} for v, i in zip(top.values, top.indices)]
-        rows.append({"file": file, "top_k": ranked, "probabilities": dict(zip(classes, map(float, p)))})
-        print(f"{file}: " + ", ".join(f"{r['label']} {r['probability']:.3f}" for r in ranked))
-    if cfg.output:
-        _write_predictions(rows, classes, Path(cfg.output))
-        log.info("Wrote %d predictions to %s", len(rows), cfg.output)
-    return rows
-
-
-def _write_predictions(rows: list[dict], classes: list[str], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() == ".json":
-        path.write_text(json.dumps(rows, indent=2))
-        return
-    if path.suffix.lower() != ".csv":
-        raise UserError(f"output={path}: use a .csv or .json file name")
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["file", "predicted", "confidence", *[f"p_{c}" for c in classes]])
-        for row in rows:
-            best = row["top_k"][0]
-            writer.writerow([row["file"], best["label"], f"{best['probability']:.6f}",
-                             *[f"{row['probabilities'][c]:.6f}" for c in classes]])

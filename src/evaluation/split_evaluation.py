@@ -2,7 +2,7 @@
 
 `evaluate_split` is the one code path behind the validation of every epoch, the test evaluation at
 the end of training and `python -m src.evaluate`, so their numbers agree exactly for one checkpoint.
-`write_report` writes metrics, figures, the per-class table and per-image predictions.
+`write_split_report` writes metrics, figures, the per-class table and per-image predictions.
 """
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import EVAL_RULES, build_stored, check_values
@@ -22,7 +21,7 @@ from ..errors import UserError
 from ..fileio import atomic_write_json
 from ..runtime.distributed import map_shards
 from .figures import confusion_matrix_figure, misclassified_figure, pca_figure, pr_figure, roc_figure, save_figure
-from .metrics import classification_metrics, per_class_table
+from .metrics import BY_NAME, SCALAR_METRICS, compute_metrics, per_class_table
 from .predictor import average_probabilities, checkpoint_paths, load_predictors
 
 log = logging.getLogger(__name__)
@@ -40,28 +39,9 @@ class Evaluation:
         return self.log_probs.exp().numpy()
 
 
-def roc_auc(labels: np.ndarray, probs: np.ndarray, classes: list[str]) -> dict:
-    """One-vs-rest ROC AUC per class (None for a class absent from, or alone in, the split) and their
-    mean over the classes where it is defined (macro AUC)."""
-    from sklearn.metrics import roc_auc_score  # imported on first use: see metrics.classification_metrics
-
-    per_class = {}
-    for c, name in enumerate(classes):
-        positive = labels == c
-        per_class[name] = (float(roc_auc_score(positive, probs[:, c]))
-                           if 0 < positive.sum() < len(labels) else None)
-    defined = [v for v in per_class.values() if v is not None]
-    return {"roc_auc": per_class, "macro_auc": float(np.mean(defined)) if defined else None}
-
-
 def score(log_probs: torch.Tensor, split: Split, classes: list[str]) -> Evaluation:
-    """Loss (negative log-likelihood), accuracy, balanced accuracy, macro-F1, per-class precision/
-    recall/F1/support, confusion matrix and ROC AUC of log-probabilities for a split."""
-    labels = split.labels.cpu()
-    metrics = {"loss": float(F.nll_loss(log_probs, labels)),
-               **classification_metrics(labels.numpy(), log_probs.argmax(1).numpy(), classes),
-               **roc_auc(labels.numpy(), log_probs.exp().numpy(), classes)}
-    return Evaluation(split, log_probs, metrics)
+    """Every metric of the registry (src/evaluation/metrics.py) of log-probabilities for a split."""
+    return Evaluation(split, log_probs, compute_metrics(split.labels, log_probs, classes))
 
 
 def evaluate_split(predictor, split: Split, classes: list[str]) -> Evaluation:
@@ -76,7 +56,7 @@ def prefixed(prefix: str, metrics: dict) -> dict:
     return {f"{prefix}/{key}": value for key, value in metrics.items()}
 
 
-def write_report(out_dir: str | Path, evaluation: Evaluation, classes: list[str], title: str,
+def write_split_report(out_dir: str | Path, evaluation: Evaluation, classes: list[str], title: str,
                  misclassified: int = 36) -> None:
     """confusion_matrix.png, roc.png, pr.png, misclassified.png, per_class.md, predictions.csv."""
     out_dir = Path(out_dir)
@@ -87,9 +67,7 @@ def write_report(out_dir: str | Path, evaluation: Evaluation, classes: list[str]
     save_figure(pr_figure(labels, probs, classes, title), out_dir / "pr.png")
     save_figure(misclassified_figure(evaluation.split.images.cpu(), labels, probs, classes, misclassified),
                 out_dir / "misclassified.png")
-    auc = "n/a" if m["macro_auc"] is None else f"{m['macro_auc']:.4f}"
-    summary = (f"{title}: accuracy {m['acc']:.4f}, macro-F1 {m['macro_f1']:.4f}, balanced accuracy "
-               f"{m['balanced_acc']:.4f}, macro ROC AUC {auc}")
+    summary = f"{title}: " + ", ".join(f"{BY_NAME[k].label} {_number(m[k])}" for k in SCALAR_METRICS)
     (out_dir / "per_class.md").write_text(f"{summary}\n\n{per_class_table(m['per_class'], m['roc_auc'])}\n")
     with open(out_dir / "predictions.csv", "w", newline="") as f:
         writer = csv.writer(f)
@@ -137,11 +115,11 @@ def run_evaluation(cfg: DictConfig, run_dir: str | Path) -> dict:
                **prefixed(split_name, evaluation.metrics), "classes": classes}
     title = f"{split_name}, {'ensemble of ' + str(len(paths)) if len(paths) > 1 else Path(paths[0]).name}"
     if len(members) > 1:
-        metrics["members"] = {path: {k: m.metrics[k] for k in SUMMARY_KEYS} for path, m in zip(paths, members)}
+        metrics["members"] = {path: {k: m.metrics[k] for k in SCALAR_METRICS} for path, m in zip(paths, members)}
         table = ensemble_table(paths, members, evaluation)
         (run_dir / "ensemble.md").write_text(table + "\n")
         log.info("Ensemble on %s (tta=%s):\n%s", split_name, cfg.tta.mode, table)
-    write_report(run_dir, evaluation, classes, title, cfg.misclassified)
+    write_split_report(run_dir, evaluation, classes, title, cfg.misclassified)
     atomic_write_json(metrics, run_dir / "metrics.json")
     if cfg.embed:
         write_embedding(run_dir, predictors[0].features(split.images), split, classes, split_name)
@@ -151,15 +129,14 @@ def run_evaluation(cfg: DictConfig, run_dir: str | Path) -> dict:
     return metrics
 
 
-SUMMARY_KEYS = ("acc", "macro_f1", "balanced_acc", "macro_auc", "loss")
+def _number(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4f}"
 
 
 def ensemble_table(paths: list[str], members: list[Evaluation], ensemble: Evaluation) -> str:
-    """A Markdown table: each member's and the ensemble's summary metrics."""
-    rows = ["| model | acc | macro-F1 | balanced acc | macro AUC | loss |", "|---|---:|---:|---:|---:|---:|"]
+    """A Markdown table: each member's and the ensemble's scalar metrics."""
+    rows = ["| model | " + " | ".join(BY_NAME[k].label for k in SCALAR_METRICS) + " |",
+            "|---|" + "---:|" * len(SCALAR_METRICS)]
     for name, evaluation in [*zip(paths, members), ("**ensemble**", ensemble)]:
-        m = evaluation.metrics
-        auc = "–" if m["macro_auc"] is None else f"{m['macro_auc']:.4f}"
-        rows.append(f"| {name} | {m['acc']:.4f} | {m['macro_f1']:.4f} | {m['balanced_acc']:.4f} | {auc} | "
-                    f"{m['loss']:.4f} |")
+        rows.append(f"| {name} | " + " | ".join(_number(evaluation.metrics[k]) for k in SCALAR_METRICS) + " |")
     return "\n".join(rows)

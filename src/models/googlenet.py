@@ -70,7 +70,7 @@ class GoogLeNet(nn.Module):
 
     Auxiliary heads after 4a and 4d (aux_heads=true) only act while training: `forward` then returns
     `(logits, [(aux_weight, aux1_logits), (aux_weight, aux2_logits)])` and the trainer adds each
-    weighted auxiliary loss (src/engine/trainer.py, `Trainer._loss`). In eval mode, or without them,
+    weighted auxiliary loss (src/training/trainer.py, `Trainer._loss`). In eval mode, or without them,
     it returns the logits. Their weights stay in the checkpoint, so evaluate with the same config.
 
     Args:

@@ -4,10 +4,18 @@ configurations of it (conf/model/*.yaml), in the manner of torchvision's resnet.
 A network is a stem, stages of residual blocks (blocks.py) and a linear head. Stages after the
 first halve the resolution; a block whose shape changes gets a projection shortcut.
 
-Parameters for 7 classes and 1 input channel (`python -m src.models` prints the full table):
-resnet18 11,171,271; resnet34 21,279,431; resnet50 23,522,375; resnext3 610,759; se_resnext3 ...;
-resnext29_32x4d 6,831,047 (see the table); wrn16_8 10,960,263; wrn28_10 36,477,191;
-shake_shake26_2x32d 2,922,039 (see the table).
+Parameters for 7 classes and 1 input channel with the CIFAR stem (`python -m src.models` prints them
+with MFLOPs and sizes):
+
+    resnet18             11,171,271      resnext3               610,759
+    resnet34             21,279,431      resnext4             1,963,207
+    resnet50             23,513,543      resnext5             3,576,007
+    wrn16_8              10,959,543      se_resnext3            697,895
+    wrn28_10             36,476,983      resnext29_32x4d      4,771,527
+    shake_shake26_2x32d   2,922,487
+
+In the papers' CIFAR-10 setting (10 classes, RGB) wrn16_8 has 10,961,370, wrn28_10 36,479,194 and
+shake_shake26_2x32d 2,923,162: the 11.0M, 36.5M and 2.9M the papers report.
 """
 from __future__ import annotations
 

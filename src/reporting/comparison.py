@@ -28,6 +28,7 @@ import yaml
 
 from ..config import describe, matches, show
 from ..errors import UserError
+from ..evaluation.metrics import BY_NAME, SCALAR_METRICS, SUMMARY_METRICS, lower_is_better
 from ..fileio import atomic_write_text, read_text
 
 log = logging.getLogger(__name__)
@@ -37,14 +38,16 @@ LOCATION_KEYS = ("data.root", "data.csv", "ckpt_path", "paths.", "hydra.", "resu
 # Overrides that only repeat an experiment: runs that differ in nothing else form one group.
 REPEAT_KEYS = ("seed", "data.fold")
 
+# The summary metrics of the registry (src/evaluation/metrics.py), on val and on test: column -> metrics.json key
+SUMMARY_COLUMNS = {f"{split}_{name}": f"{split}/{name}" for split in ("val", "test") for name in SUMMARY_METRICS}
 # column -> metrics.json key
 METRIC_COLUMNS = {"params": "model/params", "size_mb": "model/size_mb", "conv_layers": "model/conv_layers",
                   "epoch_time_s": "train/epoch_time_s", "images_per_s": "train/images_per_s",
-                  "best_epoch": "best_epoch", "val_acc": "val/acc", "val_macro_f1": "val/macro_f1",
-                  "test_acc": "test/acc", "test_macro_f1": "test/macro_f1"}
+                  "best_epoch": "best_epoch", **SUMMARY_COLUMNS}
 # How each run was made (run_info.json, metrics.json, .hydra/hydra.yaml): the second table of summary.md.
 PROVENANCE_COLUMNS = ("run", "data", "command", "machine", "train_time", "run_time")
-AGGREGATED = ("val_acc", "val_macro_f1", "test_acc", "test_macro_f1", "epoch_time_s", "images_per_s")
+# What groups of runs (seeds, folds) show as mean ± std
+AGGREGATED = (*SUMMARY_COLUMNS, "epoch_time_s", "images_per_s")
 
 
 @dataclass
@@ -106,8 +109,8 @@ METRICS_TYPES = {
     "test/per_class": dict[str, dict[str, _NUMBER]] | None, "test/confusion_matrix": list[list[int]] | None,
     "world_size": int | None, "train/time_s": _NUMBER, "run_time_s": _NUMBER,
     **{key: _NUMBER for key in ("model/params", "model/size_mb", "model/conv_layers", "train/epoch_time_s",
-                                "train/images_per_s", "val/acc", "val/macro_f1", "val/loss", "val/balanced_acc",
-                                "test/acc", "test/macro_f1")},
+                                "train/images_per_s")},
+    **{f"{split}/{name}": _NUMBER for split in ("val", "test") for name in SCALAR_METRICS},
 }
 RUN_INFO_TYPES = {key: str | None for key in ("command", "device", "device_name")} | {"cpu_threads": int | None}
 
@@ -238,7 +241,7 @@ def _sorted(runs: list[Run]) -> list[Run]:
         key, value = run.monitor
         if value is None:
             return (1, 0.0)
-        return (0, value if key.endswith("loss") else -value)
+        return (0, value if lower_is_better(key) else -value)
 
     return sorted(runs, key=order)
 
@@ -359,15 +362,17 @@ def write_plots(runs: list[Run], out_dir: Path) -> list[Path]:
         save_figure(curves_by_epoch_figure(histories, ("val/acc", "val/loss")), out_dir / "curves.png")
         written.append(out_dir / "curves.png")
     grouped = [aggregate_row(name, members) for name, members in groups(runs)]
+    shown = [f"test_{name}" for name in SUMMARY_METRICS]  # the summary metrics on test
     if grouped:  # one bar per group, its standard deviation as the error bar
-        bars = {g["group"]: [g["test_acc"], g["test_macro_f1"]] for g in grouped}
-        errors = {g["group"]: [g["test_acc_std"], g["test_macro_f1_std"]] for g in grouped}
+        bars = {g["group"]: [g[c] for c in shown] for g in grouped}
+        errors = {g["group"]: [g[f"{c}_std"] for c in shown] for g in grouped}
     else:
-        bars = {run.name: [run.metrics.get("test/acc"), run.metrics.get("test/macro_f1")] for run in completed}
+        bars = {run.name: [run.metrics.get(SUMMARY_COLUMNS[c]) for c in shown] for run in completed}
         errors = None
     bars = {name: values for name, values in bars.items() if None not in values}
     if bars:
-        save_figure(comparison_bars_figure(bars, ("test accuracy", "test macro-F1"), errors), out_dir / "bars.png")
+        labels = [f"test {BY_NAME[name].label}" for name in SUMMARY_METRICS]
+        save_figure(comparison_bars_figure(bars, labels, errors), out_dir / "bars.png")
         written.append(out_dir / "bars.png")
     best = next((run for run in completed if run.metrics.get("test/confusion_matrix")), None)
     if best:
@@ -378,7 +383,7 @@ def write_plots(runs: list[Run], out_dir: Path) -> list[Path]:
     return written
 
 
-def write_report(runs: list[Run], out_dir: str | Path, plots: bool = True) -> str:
+def write_comparison(runs: list[Run], out_dir: str | Path, plots: bool = True) -> str:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown = write_tables(runs, out_dir)

@@ -18,7 +18,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from ..entry import take_job_error
-from .comparison import collect_runs, read_job_records, write_report
+from .comparison import collect_runs, read_job_records, write_comparison
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +43,13 @@ class SweepSummary(Callback):
                   "dir": str(config.hydra.runtime.output_dir)}
         with open(sweep_dir / "jobs.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
-        write_report(collect_runs([sweep_dir]), sweep_dir, plots=False)
+        write_comparison(collect_runs([sweep_dir]), sweep_dir, plots=False)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         if not (sweep_dir / "jobs.jsonl").is_file():  # no job ran (e.g. an empty sweep)
             return
-        write_report(collect_runs([sweep_dir]), sweep_dir)
+        write_comparison(collect_runs([sweep_dir]), sweep_dir)
         log.info("Sweep summary: %s (and curves.png, bars.png, best_confusion_matrix.png)",
                  sweep_dir / "summary.md")
         records = read_job_records(sweep_dir)

@@ -29,10 +29,13 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import build
+from ..data.inputs import ModelInput
 from ..data.sources import read_folder
 from ..evaluation.predictor import Predictor
 from ..fileio import atomic_write_json, atomic_write_text
-from ..training.experiment import make_criterion
+from ..training.checkpointing import RunCheckpoints
+from ..training.losses import make_criterion
+from ..training.trainer import Recipe
 from .devices import autocast, synchronize
 from .run_info import PROJECT_ROOT, device_name
 
@@ -58,9 +61,10 @@ def runner_images_per_s(cfg: DictConfig, data, batches: int, warmup: int) -> tup
     kept = {name: data.splits.pop(name) for name in ("val", "test") if name in data.splits}
     torch.manual_seed(cfg.seed)
     model = build(cfg.model, num_classes=len(data.classes), in_channels=data.channels)
+    inputs = ModelInput.for_training(data.mean, data.std, build(cfg.aug), trainer.channels_last)
+    recipe = Recipe(build(cfg.optim), build(cfg.sched), make_criterion(cfg.loss, data.class_counts), inputs, cfg.seed)
     with tempfile.TemporaryDirectory() as checkpoints:
-        state = trainer.fit(model, data, build(cfg.optim), build(cfg.sched), build(cfg.aug),
-                            make_criterion(cfg.loss, data.class_counts), checkpoints, seed=cfg.seed)
+        state = trainer.fit(model, data, recipe, RunCheckpoints(checkpoints))
     data.splits.update(kept)
     return state.history[0]["train/images_per_s"], trainer
 
@@ -135,8 +139,8 @@ def eval_seconds(data, trainer, model, images: int, crop_size: int | None) -> di
     subset = split.images[:images]
     out = {}
     for tta in ("none", "tencrop"):
-        predictor = Predictor(model, data.mean, data.std, trainer.device, trainer.precision, trainer.channels_last,
-                              tta, crop_size, data.eval_batch_size)
+        inputs = ModelInput(data.mean, data.std, channels_last=trainer.channels_last)
+        predictor = Predictor(model, inputs, trainer.device, trainer.precision, tta, crop_size, data.eval_batch_size)
         predictor.log_probs(subset[:data.eval_batch_size])  # warm-up
         start = time.perf_counter()
         predictor.log_probs(subset)

@@ -1,7 +1,7 @@
 """DistributedDataParallel under torchrun: ranks, the process group, reductions and sharding.
 
 `torchrun --nproc_per_node=N -m src.train trainer=ddp` starts N processes (ranks). Each trains on its
-share of every epoch (`shard_order`), evaluates its share of each split (`map_shards`), and all of
+share of every epoch (`data.loader.shard_order`), evaluates its share of each split (`map_shards`), and all of
 them reach the same numbers: every decision (best epoch, early stopping, a plateau schedule) is then
 taken identically on every rank without further messages. Rank 0 alone writes files.
 
@@ -192,17 +192,6 @@ def wrap(model: nn.Module, device: torch.device) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-
-def shard_order(order: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
-    """This rank's share of an epoch's sample order: every world_size-th position from `rank` on, over
-    the first len(order) // world_size * world_size positions. The shares are disjoint and of equal
-    length (ranks must take the same number of steps); the remainder, fewer than world_size samples at
-    the end of the order, is dropped (other samples each epoch, as the order is drawn anew). Strided
-    rather than contiguous: the global batch b (batch b of every rank) is then positions
-    [b * B * W, (b + 1) * B * W) of the order, the batch of one process with batch size B * W."""
-    usable = len(order) // world_size * world_size
-    return order[rank:usable:world_size]
 
 
 def map_shards(fn: Callable[[torch.Tensor], torch.Tensor], items: torch.Tensor) -> torch.Tensor:

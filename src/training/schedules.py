@@ -3,6 +3,8 @@
 Every schedule except `Plateau` is a multiplier of the optimizer's lr as a function of the
 (fractional) epoch, applied after every optimizer step through torch's LambdaLR; all of them
 share an optional linear warmup. `Plateau` reacts to the monitored validation metric once per epoch.
+Each says which with `per_batch`: the trainer steps it after every batch, or once per epoch with the
+monitored metric.
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from ..errors import ConfigError
 
 class Schedule:
     """Base: linear warmup from ~0 to 1 over `warmup_epochs`, then `decay(epoch)`."""
+
+    per_batch = True  # stepped after every optimizer step
 
     def __init__(self, warmup_epochs: float = 0.0):
         if warmup_epochs < 0:
@@ -93,6 +97,8 @@ class StepDecay(Schedule):
 
 class Plateau:
     """Multiply the lr by `factor` when the monitored val metric has not improved for `patience` epochs."""
+
+    per_batch = False  # stepped once per epoch, with the monitored validation metric
 
     def __init__(self, factor: float = 0.1, patience: int = 5, min_lr: float = 0.0, threshold: float = 1e-4):
         checks = [(0 < factor < 1, "sched.factor", factor, "in (0, 1)"),

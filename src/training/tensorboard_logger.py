@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 
+from omegaconf import DictConfig, OmegaConf
+
 from ..evaluation.figures import confusion_matrix_figure
 
 
@@ -49,6 +51,25 @@ class TensorBoardLogger:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+
+
+def flat_hparams(cfg: DictConfig, choices: dict | None) -> dict:
+    """Hyper-parameters for TensorBoard's HParams tab: group choices and every scalar setting."""
+    flat = {f"choice/{group}": str(option) for group, option in (choices or {}).items()
+            if not group.startswith("hydra") and option is not None}
+
+    def walk(node, prefix: str) -> None:
+        for key, value in node.items():
+            if str(key).startswith("_") or key == "cache_dir":
+                continue
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                flat[f"{prefix}{key}"] = value if isinstance(value, int | float | str | bool) else str(value)
+
+    container = OmegaConf.to_container(cfg, resolve=True)
+    walk({k: v for k, v in container.items() if k not in ("paths", "logger")}, "")
+    return flat
 
 
 class NullLogger:
