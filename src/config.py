@@ -144,26 +144,43 @@ def _hints(func: Callable) -> dict[str, Any]:
         return hints
 
 
-def parameters(target: Callable) -> tuple[dict[str, Any], bool]:
-    """({keyword: type hint}, open_ended) of what `target` (a class or function) takes by keyword.
-
-    A class's __init__ that passes **kwargs on to its base's (FolderData to ImageData) is followed
-    through the MRO; open_ended is True when some **kwargs go nowhere this can see."""
+def _keywords(target: Callable):
+    """(function, its keyword parameters, whether it passes **kwargs on) for `target` (a function, or a
+    class's __init__ and, while they pass **kwargs on, its bases' through the MRO: FolderData to ImageData)."""
     if isinstance(target, type):
         functions = [c.__dict__["__init__"] for c in target.__mro__ if "__init__" in c.__dict__ and c is not object]
     else:
         functions = [target]
-    found: dict[str, Any] = {}
     for func in functions:
-        hints, passes_on = _hints(func), False
-        for i, p in enumerate(inspect.signature(func).parameters.values()):
-            if p.kind is p.VAR_KEYWORD:
-                passes_on = True
-            elif p.kind is not p.VAR_POSITIONAL and not (i == 0 and p.name == "self"):
-                found.setdefault(p.name, hints.get(p.name))
+        params = list(inspect.signature(func).parameters.values())
+        named = [p for i, p in enumerate(params) if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+                 and not (i == 0 and p.name == "self")]
+        passes_on = any(p.kind is p.VAR_KEYWORD for p in params)
+        yield func, named, passes_on
         if not passes_on:
-            return found, False
-    return found, True
+            return
+
+
+def parameters(target: Callable) -> tuple[dict[str, Any], bool]:
+    """({keyword: type hint}, open_ended) of what `target` (a class or function) takes by keyword;
+    open_ended is True when some **kwargs go nowhere this can see."""
+    found: dict[str, Any] = {}
+    passes_on = False
+    for func, named, passes_on in _keywords(target):
+        hints = _hints(func)
+        for p in named:
+            found.setdefault(p.name, hints.get(p.name))
+    return found, passes_on
+
+
+def defaults(target: Callable) -> dict[str, Any]:
+    """{keyword: default} of what `target` takes by keyword (see parameters)."""
+    found: dict[str, Any] = {}
+    for _, named, _ in _keywords(target):
+        for p in named:
+            if p.default is not inspect.Parameter.empty:
+                found.setdefault(p.name, p.default)
+    return found
 
 
 def check_arguments(target: Callable, kwargs: Mapping[str, Any], key: str) -> None:
@@ -382,9 +399,23 @@ def _flat(node, prefix: str = "") -> dict:
 RESUME_MAY_CHANGE = ("data.root", "data.csv", "data.cache_dir")
 
 
-def config_differences(saved: dict, current: DictConfig, groups: tuple[str, ...] = ("model", "data")) -> list[str]:
-    """`key: saved → current` for every model/data setting a resumed run would change."""
+def _effective(node: Any, classes: Mapping[str, type]) -> dict:
+    """A group's settings as its class sees them: the keys the config leaves out at their defaults, the
+    target as its class name, sequences as lists (a config file that stops repeating a default, or a
+    class that moves to another module, changes nothing)."""
+    if not isinstance(node, dict):
+        return {}
+    target = node.get("_target_")
+    name = target.rsplit(".", 1)[-1] if isinstance(target, str) else target
+    settings = {**(defaults(classes[name]) if name in classes else {}), **node, "_target_": name}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
+
+
+def config_differences(saved: dict, current: DictConfig, classes: Mapping[str, Mapping[str, type]]) -> list[str]:
+    """`key: saved → current` for every setting of the groups in `classes` (group -> {class name: class})
+    that a resumed run would change."""
     now = OmegaConf.to_container(current, resolve=True)
-    before, after = (_flat({g: c.get(g) if isinstance(c.get(g), dict) else {} for g in groups}) for c in (saved, now))
+    before, after = (_flat({group: _effective(c.get(group), known) for group, known in classes.items()})
+                     for c in (saved, now))
     return [f"{key}: {before.get(key)} → {after.get(key)}" for key in sorted(set(before) | set(after))
             if key not in RESUME_MAY_CHANGE and before.get(key) != after.get(key)]

@@ -29,6 +29,19 @@ def test_bench_measures_the_runner_and_its_bare_loop(tmp_path):
     assert table.strip() == bench_table(result) and "| runner (this project) |" in table
 
 
+def test_bench_runs_the_reference_loop_of_the_repository(tmp_path):
+    """From a clone (no ../shared): the default bench.reference is the repository's own reference loop."""
+    root = write_dataset(tmp_path / "data", splits={"train": 30, "val": 4, "test": 6})
+    overrides = [o for o in fast_overrides(root, tmp_path / "cache") if not o.startswith("trainer.max_epochs")]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("bench", overrides=[*overrides, "bench.batches=3", "bench.warmup=1", "bench.startup=false",
+                                          "bench.decode=false", "bench.eval=false", "bench.augment=false",
+                                          "bench.reference_modes=[bare]"])
+    assert cfg.bench.reference == "src/runtime/reference_loop.py"
+    result = run_benchmark(cfg, tmp_path / "bench", overrides, "lenet")
+    assert result["reference_bare_images_per_s"] > 0 and result["ratios"]["runner_over_reference_bare"] > 0
+
+
 def test_a_split_kept_in_host_memory_trains_to_the_same_result(tmp_path):
     root = write_dataset(tmp_path / "data", splits={"train": 12, "val": 4, "test": 4})
     runs = {}

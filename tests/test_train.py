@@ -340,6 +340,19 @@ def test_resume_refuses_other_classes(tmp_path, resume_setup):
               tmp_path / "C")
 
 
+def test_resume_ignores_defaults_written_out_and_moved_modules(tmp_path, resume_setup):
+    """A checkpoint whose stored config repeats class defaults (as model files did before they were
+    trimmed) or names its class by another module path resumes: the settings are the same."""
+    train(resume_setup(), tmp_path / "B")
+    ckpt = torch.load(tmp_path / "B" / "checkpoints" / "last.pt", weights_only=True)
+    stored = ckpt["meta"]["config"]
+    stored["model"]["_target_"] = "src.engine.lenet.LeNet"  # the class lived in another module then
+    assert stored["data"].pop("balanced") is False  # a config that left the class default out
+    torch.save(ckpt, tmp_path / "old.pt")
+    metrics = train(resume_setup("trainer.max_epochs=2", f"ckpt_path={quote(tmp_path / 'old.pt')}"), tmp_path / "C")
+    assert metrics["epochs"] == 2
+
+
 def write_bad_checkpoint(path: Path, kind: str) -> None:
     if kind == "foreign":  # a loadable file, but not one of ours
         torch.save({"state_dict": {"w": torch.zeros(2)}}, path)

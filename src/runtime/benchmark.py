@@ -4,8 +4,8 @@ For the configured model, data, precision and batch size it measures, one after 
 - the runner's steady-state training images/s (the real Trainer, after warm-up batches);
 - a bare loop with the runner's precision and memory format (pre-normalized tensor, index gather,
   no augmentation): the compute ceiling, so runner / bare is the runner's own overhead;
-- the course-project loop and the fp32 bare loop of ../shared/bench/reference_loop.py (`--mode
-  seed` and `--mode bare`), when that script and a folder dataset are there;
+- the course-project loop and the fp32 bare loop of the reference loop (src/runtime/reference_loop.py,
+  `--mode seed` and `--mode bare`), when the data is a folder dataset;
 - decoding (first time, without cache) and loading from the cache;
 - the time from the command to the first training step (a real `python -m src.train` process);
 - a plain evaluation pass and a ten-crop one;
@@ -102,7 +102,7 @@ def bare_images_per_s(cfg: DictConfig, data, trainer, batches: int, warmup: int)
 
 def reference_images_per_s(script: Path, mode: str, root: Path, model_yaml: Path, data, batches: int,
                            warmup: int) -> float | None:
-    """../shared/bench/reference_loop.py in a subprocess; None when it fails."""
+    """The reference loop (bench.reference) in a subprocess; None when it fails."""
     command = [sys.executable, str(script), "--root", str(root / "train"), "--mode", mode, "--model-yaml",
                str(model_yaml), "--channels", str(data.channels), "--size", str(data.image_size), "--batch-size",
                str(data.batch_size), "--limit-batches", str(warmup + batches), "--warmup-batches", str(warmup)]
@@ -175,7 +175,7 @@ def run_benchmark(cfg: DictConfig, run_dir: str | Path, overrides: list[str], mo
                "channels_last": trainer.channels_last, "runner_images_per_s": ips,
                "runner_epoch_s": result["train_images"] / ips}
     result["bare_same_precision_images_per_s"] = bare_images_per_s(cfg, data, trainer, b.batches, b.warmup)
-    script = Path(b.reference).expanduser() if b.reference else None
+    script = PROJECT_ROOT / Path(b.reference).expanduser() if b.reference else None  # relative: to the repository
     model_yaml = PROJECT_ROOT / "conf" / "model" / f"{model_name}.yaml"
     if script and script.is_file() and folder and model_yaml.is_file():
         for mode in b.reference_modes:

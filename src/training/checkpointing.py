@@ -21,8 +21,10 @@ from omegaconf import DictConfig
 
 from ..checkpoints import load_checkpoint, save_checkpoint
 from ..config import check_arguments, config_differences
+from ..data import DATASET_CLASSES
 from ..data.inputs import ModelInput
 from ..errors import ConfigError, UserError
+from ..models import MODEL_CLASSES
 from ..runtime import distributed as ddp
 from .ema import ModelEma
 
@@ -214,7 +216,8 @@ def checkpoint_to_resume(cfg: DictConfig, run_dir: Path) -> str | None:
                             "(hydra.run.dir=outputs/runs/<run>) or pass ckpt_path=")
     if not path:
         return None
-    differences = config_differences(load_checkpoint(path)["meta"].get("config", {}), cfg)
+    groups = {"model": MODEL_CLASSES, "data": DATASET_CLASSES}
+    differences = config_differences(load_checkpoint(path)["meta"].get("config") or {}, cfg, groups)
     if differences:
         raise UserError(f"checkpoint {path} was trained with other settings ({'; '.join(differences[:4])}); "
                         "resume with the same overrides as the run that wrote it")

@@ -94,22 +94,20 @@ class Trainer:
                  gradient_clip_val: float = 0.0, monitor: str = "val/acc",
                  early_stopping_patience: int | None = None, warmup_batches: int = 2, progress_bar: bool = True,
                  distributed: bool = False, backend: str = "auto", ema_decay: float | None = None):
-        if max_epochs < 1:
-            raise ConfigError(f"trainer.max_epochs={max_epochs} is invalid: it must be at least 1")
-        if monitor not in MONITORS:
-            raise ConfigError(f"trainer.monitor={monitor} is invalid: use one of {', '.join(MONITORS)}")
-        if limit_train_batches is not None and not (
-                (isinstance(limit_train_batches, int) and limit_train_batches >= 1)
-                or (isinstance(limit_train_batches, float) and 0 < limit_train_batches <= 1)):
-            raise ConfigError(f"trainer.limit_train_batches={limit_train_batches} is invalid: "
-                              "use a number of batches >= 1 or a fraction in (0, 1]")
-        if early_stopping_patience is not None and early_stopping_patience < 0:
-            raise ConfigError(f"trainer.early_stopping_patience={early_stopping_patience} is invalid: it must be "
-                              ">= 0 (epochs without improvement), or null (never stop early)")
-        if warmup_batches < 0:
-            raise ConfigError(f"trainer.warmup_batches={warmup_batches} is invalid: it must be >= 0")
-        if gradient_clip_val < 0:
-            raise ConfigError(f"trainer.gradient_clip_val={gradient_clip_val} is invalid: it must be >= 0")
+        limit = limit_train_batches
+        checks = [
+            (max_epochs >= 1, "max_epochs", max_epochs, "must be at least 1"),
+            (monitor in MONITORS, "monitor", monitor, f"must be one of {', '.join(MONITORS)}"),
+            (limit is None or (isinstance(limit, int) and limit >= 1) or (isinstance(limit, float) and 0 < limit <= 1),
+             "limit_train_batches", limit, "must be a number of batches >= 1 or a fraction in (0, 1]"),
+            (early_stopping_patience is None or early_stopping_patience >= 0, "early_stopping_patience",
+             early_stopping_patience, "must be >= 0 (epochs without improvement), or null (never stop early)"),
+            (warmup_batches >= 0, "warmup_batches", warmup_batches, "must be >= 0"),
+            (gradient_clip_val >= 0, "gradient_clip_val", gradient_clip_val, "must be >= 0"),
+        ]
+        for ok, key, value, rule in checks:
+            if not ok:
+                raise ConfigError(f"trainer.{key}={value} is invalid: it {rule}")
         launched = ddp.launched_world_size()
         if launched > 1 and not distributed:
             raise ConfigError(f"torchrun started {launched} processes, but this trainer trains in one: each would "
@@ -231,13 +229,12 @@ class Trainer:
         return record, val
 
     def _stop_early(self, state: FitState) -> bool:
-        if self.early_stopping_patience is None or state.bad_epochs == 0:
-            return False
-        if state.bad_epochs >= self.early_stopping_patience:
+        patience = self.early_stopping_patience
+        stop = patience is not None and state.bad_epochs > 0 and state.bad_epochs >= patience
+        if stop:
             log.info("Early stopping: %s has not improved for %d epochs (best %.4f at epoch %d)",
                      self.monitor, state.bad_epochs, state.best_value, state.best_epoch)
-            return True
-        return False
+        return stop
 
     @staticmethod
     def _loss(output, labels: torch.Tensor, criterion: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:

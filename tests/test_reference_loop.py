@@ -1,0 +1,89 @@
+"""The in-repo yardstick (src/runtime/reference_loop.py): it runs, counts what it times as documented,
+and counts exactly what the shared yardstick counts (../shared/bench, on development machines only).
+
+Each run is a subprocess on a tiny synthetic folder: one intra-op thread, no DataLoader workers, the CPU."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import write_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "src" / "runtime" / "reference_loop.py"
+SHARED = ROOT.parent / "shared" / "bench" / "reference_loop.py"  # absent from a user's clone
+
+# 3 classes x 8 images: 6 batches of 4 per epoch, of which 4 run; 2 epochs; the first batch untimed.
+BATCH, LIMIT, EPOCHS, WARMUP = 4, 4, 2, 1
+TIMED_IMAGES = (EPOCHS * LIMIT - WARMUP) * BATCH
+ARGS = ("--device", "cpu", "--workers", "0", "--size", "16", "--batch-size", str(BATCH),
+        "--limit-batches", str(LIMIT), "--epochs", str(EPOCHS), "--warmup-batches", str(WARMUP))
+KEYS = {"mode", "model", "device", "images", "train_s", "images_per_s"}
+
+
+def start(command: list[str], root: Path, *args: str) -> subprocess.Popen:
+    """`python COMMAND --root ROOT ARGS...`, started from the repository's root."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, *command, "--root", str(root), *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def json_line(process: subprocess.Popen) -> dict:
+    """The JSON line a started loop prints, once it has finished."""
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> dict[tuple[str, str], dict]:
+    """{(loop, mode): JSON line} for loop "ours" (and "shared" where it exists) in modes seed and bare.
+
+    Every run pays seconds of imports (torchvision imports torch._dynamo), so all of them start at
+    once and share the cores. Seed mode: the built-in LeNet, the script run by its path. Bare mode:
+    the project's LeNet config, the script run as a module.
+    """
+    folder = write_dataset(tmp_path_factory.mktemp("reference") / "train", per_class=8, size=16)
+    args = {"seed": ("--mode", "seed", *ARGS),
+            "bare": ("--mode", "bare", "--model-yaml", "conf/model/lenet.yaml", *ARGS)}
+    commands = {("ours", "seed"): [str(SCRIPT)], ("ours", "bare"): ["-m", "src.runtime.reference_loop"]}
+    if SHARED.exists():
+        commands.update({("shared", mode): [str(SHARED)] for mode in args})
+    processes = {key: start(command, folder, *args[key[1]]) for key, command in commands.items()}
+    try:
+        return {key: json_line(process) for key, process in processes.items()}
+    finally:  # after a failure, no run is left behind
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+
+
+@pytest.mark.parametrize("mode", ["seed", "bare"])
+def test_counts_the_timed_images(results, mode):
+    result = results["ours", mode]
+    assert set(result) == KEYS
+    assert (result["mode"], result["device"]) == (mode, "cpu")
+    # warm-up batches are counted over the run, not per epoch
+    assert result["images"] == TIMED_IMAGES
+    assert result["train_s"] > 0 and result["images_per_s"] > 0
+
+
+def test_builtin_and_yaml_models(results):
+    """Seed mode ran the built-in LeNet; bare mode conf/model/lenet.yaml, as `python -m src.runtime.reference_loop`."""
+    assert results["ours", "seed"]["model"] == "lenet"
+    assert results["ours", "bare"]["model"] == "lenet.yaml"
+
+
+@pytest.mark.skipif(not SHARED.exists(), reason="no ../shared/bench/reference_loop.py (a user's clone)")
+@pytest.mark.parametrize("mode", ["seed", "bare"])
+def test_counts_what_the_shared_yardstick_counts(results, mode):
+    ours, shared = results["ours", mode], results["shared", mode]
+    assert set(shared) == set(ours)
+    assert {k: shared[k] for k in ("mode", "model", "device", "images")} == \
+        {k: ours[k] for k in ("mode", "model", "device", "images")}
