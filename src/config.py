@@ -165,12 +165,13 @@ def parameters(target: Callable) -> tuple[dict[str, Any], bool]:
     """({keyword: type hint}, open_ended) of what `target` (a class or function) takes by keyword;
     open_ended is True when some **kwargs go nowhere this can see."""
     found: dict[str, Any] = {}
-    passes_on = False
+    open_ended = False
     for func, named, passes_on in _keywords(target):
         hints = _hints(func)
         for p in named:
             found.setdefault(p.name, hints.get(p.name))
-    return found, passes_on
+        open_ended = passes_on  # the last one's: true only if the chain ends in **kwargs going nowhere known
+    return found, open_ended
 
 
 def defaults(target: Callable) -> dict[str, Any]:

@@ -29,8 +29,9 @@ def test_bench_measures_the_runner_and_its_bare_loop(tmp_path):
     assert table.strip() == bench_table(result) and "| runner (this project) |" in table
 
 
-def test_bench_runs_the_reference_loop_of_the_repository(tmp_path):
-    """From a clone (no ../shared): the default bench.reference is the repository's own reference loop."""
+def test_bench_runs_the_reference_loop_of_the_repository(tmp_path, monkeypatch):
+    """From a fresh clone: the default bench.reference is the repository's own reference loop."""
+    monkeypatch.delenv("BENCH_REFERENCE", raising=False)
     root = write_dataset(tmp_path / "data", splits={"train": 30, "val": 4, "test": 6})
     overrides = [o for o in fast_overrides(root, tmp_path / "cache") if not o.startswith("trainer.max_epochs")]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

@@ -17,9 +17,9 @@ backward, optimizer step; on a GPU up to a synchronize), summed over all batches
 
 It deliberately imports nothing from the rest of `src` (a yardstick must not share the code it
 measures), only PyTorch and torchvision; `--model-yaml` alone uses Hydra, to build any of the
-project's conf/model/NAME.yaml models. It lives in the repository because a user's clone has no
-../shared/bench, where the original yardstick of the development machines lives; on the same
-machine, model and data the two give the same figures.
+project's conf/model/NAME.yaml models. It lives in the repository so that a clone can measure itself;
+it is the project's own implementation of the yardstick the development machines keep outside the
+repository, and on the same machine, model and data the two give the same figures.
 
 Prints one JSON line: {"mode", "model", "device", "images", "train_s", "images_per_s"}.
 
@@ -136,7 +136,7 @@ def bare_batches(args: argparse.Namespace) -> tuple[int, IndexBatches]:
             pixels.append(np.asarray(image.convert(mode).resize((args.size, args.size))))
     # Decoded pixels are (H, W[, C]); the NCHW tensor is a view of them, so with 3 channels the batches
     # are channels_last in memory (the float conversion keeps the strides) -- a layout that changes conv
-    # speed, and the one the shared yardstick's batches have too.
+    # speed, and the one the development machines' yardstick's batches have too.
     images = torch.from_numpy(np.stack(pixels)).view(-1, args.size, args.size, args.channels).permute(0, 3, 1, 2)
     images = (images.float() / 255 - 0.5) / 0.5  # Normalize(0.5, 0.5), as in the seed mode
     return len(folder.classes), IndexBatches(images, torch.tensor(folder.targets), args.batch_size)
