@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: train test lint clean
+.PHONY: train test test-slow lint clean
 
 $(VENV)/.installed: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -15,8 +15,11 @@ $(VENV)/.installed: pyproject.toml
 train: $(VENV)/.installed  ## quickstart: LeNet on scikit-learn's digits, about a minute on a 2-core CPU
 	$(PY) -m src.train experiment=quickstart $(ARGS)
 
-test: $(VENV)/.installed  ## the offline test suite
+test: $(VENV)/.installed  ## the offline test suite (about 5 minutes on 2 cores)
 	$(PY) -m pytest -q $(ARGS)
+
+test-slow: $(VENV)/.installed  ## the slow tests the default run leaves out (sweeps, launchers, torchrun, recipes)
+	$(PY) -m pytest -q -m slow $(ARGS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests

@@ -71,6 +71,7 @@ def torchrun(*overrides: str, timeout: int = 180) -> subprocess.CompletedProcess
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow
 def test_two_processes_train_one_run_equal_to_one_process_with_the_global_batch(tmp_path, data_root):
     out, cache = tmp_path / "out", tmp_path / "cache"
     result = torchrun("trainer=ddp", *fast_overrides(data_root, cache), f"paths.output_dir={quote(out)}")

@@ -95,7 +95,12 @@ def data_overrides(name: str, datasets: dict[str, Path]) -> list[str]:
     return [f"data.root={quote(root)}", f"paths.cache_dir={quote(datasets['cache'])}", *extra]
 
 
-@pytest.mark.parametrize("name", [n for n in EXPERIMENTS if n not in ("quickstart", "report004_zoo")])
+# The ResNet-18 / VGG recipes take 5-11 s each on 2 cores: run with -m slow (make test-slow, CI).
+HEAVY_EXPERIMENTS = ("fer2013_resnet18", "fer2013_ensemble", "fer2013_vgg", "report002_resnet18", "report003_cifar")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY_EXPERIMENTS else n
+                                  for n in EXPERIMENTS if n not in ("quickstart", "report004_zoo")])
 def test_experiment_runs(name, datasets, tmp_path):
     """One batch of training, validation, and the test evaluation with the experiment's TTA."""
     cfg = composed(name, *SMOKE, *data_overrides(name, datasets))
@@ -106,6 +111,7 @@ def test_experiment_runs(name, datasets, tmp_path):
     assert meta["input_size"] == cfg.aug.get("crop", {}).get("size")  # the training crop, when there is one
 
 
+@pytest.mark.slow
 def test_report004_zoo_sweep_from_the_command_line(datasets, tmp_path):
     """`python -m src.train experiment=report004_zoo` is a sweep over four models with the report's table."""
     result = run_train("experiment=report004_zoo", *SMOKE, *data_overrides("report004_zoo", datasets)[:1],

@@ -83,6 +83,7 @@ def test_ctrl_c_saves_a_mid_epoch_checkpoint_that_resumes_exactly(tmp_path, data
 # -- SIGKILL --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sigkill_at_any_moment_leaves_a_loadable_checkpoint_and_resume_matches(tmp_path, data_root):
     cache = tmp_path / "cache"
     overrides = ["trainer.max_epochs=40"]

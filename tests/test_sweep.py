@@ -203,6 +203,7 @@ def test_report_without_runs_is_a_clear_error(tmp_path, caplog, path):
 
 # -- launchers and the Optuna search -------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
 def test_parallel_launchers_run_a_two_job_sweep(tmp_path, data_root, launcher):
     extra = ["hydra.launcher.n_jobs=2"] if launcher == "joblib" else ["hydra.launcher.timeout_min=5"]
@@ -214,6 +215,7 @@ def test_parallel_launchers_run_a_two_job_sweep(tmp_path, data_root, launcher):
     assert (sweep / "curves.png").is_file()
 
 
+@pytest.mark.slow
 def test_optuna_search_maximizes_the_returned_val_metric(tmp_path, data_root):
     sweep, result = run_sweep(tmp_path, data_root, "hparams_search=fer_optuna", "hydra.sweeper.n_trials=3",
                               "trainer.max_epochs=1")
