@@ -1,27 +1,32 @@
-# `make train` and `make test` create .venv and install the project on first use.
+# `make train` and `make test` create .venv and install the project on first use: `make train` only what
+# training needs, `make test` also the test, export and sweep extras (README, "Installation").
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
 .PHONY: train test test-slow lint clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.base: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	# torch and torchvision must come from the same registry build (see README, "Installation").
+	# torch and torchvision must come from the same build: pip resolves them together (README, "Installation").
+	$(PY) -m pip install -e .
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.base
 	$(PY) -m pip install -e '.[dev]'
 	touch $@
 
-train: $(VENV)/.installed  ## quickstart: LeNet on scikit-learn's digits, about a minute on a 2-core CPU
+train: $(VENV)/.base  ## quickstart: LeNet on scikit-learn's digits (about a minute and a half on a 2-core CPU)
 	$(PY) -m src.train experiment=quickstart $(ARGS)
 
-test: $(VENV)/.installed  ## the offline test suite (about 5 minutes on 2 cores)
+test: $(VENV)/.dev  ## the offline test suite (about 5 minutes on 2 cores)
 	$(PY) -m pytest -q $(ARGS)
 
-test-slow: $(VENV)/.installed  ## the slow tests the default run leaves out (sweeps, launchers, torchrun, recipes)
+test-slow: $(VENV)/.dev  ## the slow tests the default run leaves out (sweeps, launchers, torchrun, recipes, packaging)
 	$(PY) -m pytest -q -m slow $(ARGS)
 
-lint: $(VENV)/.installed
+lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check src tests
 
 clean:

@@ -289,6 +289,7 @@ _DEVICE_RUNTIME: list[Rule] = [
     ("trainer.device", str, None, ""),
     ("trainer.precision", str | None, None, ""),
     ("trainer.channels_last", bool | None, None, ""),
+    ("trainer.log_every_s", float | None, lambda v: v >= 0, ">= 0 seconds (0: no progress lines)"),
 ]
 _TTA: list[Rule] = [
     ("tta.mode", str, lambda v: v in _TTA_MODES, "one of " + ", ".join(_TTA_MODES)),
@@ -396,8 +397,10 @@ def _flat(node, prefix: str = "") -> dict:
     return out
 
 
-# Keys that may change between a run and its resumption: where the data lives, not what it is.
-RESUME_MAY_CHANGE = ("data.root", "data.csv", "data.cache_dir")
+# Keys that may change between a run and its resumption: where the data lives, not what it is, and how
+# the run reports and on which of the machine's devices it runs.
+RESUME_MAY_CHANGE = ("data.root", "data.csv", "data.cache_dir", "trainer.device", "trainer.progress_bar",
+                     "trainer.log_every_s", "trainer.warmup_batches")
 
 
 def _effective(node: Any, classes: Mapping[str, type]) -> dict:
@@ -415,7 +418,7 @@ def _effective(node: Any, classes: Mapping[str, type]) -> dict:
 def config_differences(saved: dict, current: DictConfig, classes: Mapping[str, Mapping[str, type]]) -> list[str]:
     """`key: saved → current` for every setting of the groups in `classes` (group -> {class name: class})
     that a resumed run would change."""
-    now = OmegaConf.to_container(current, resolve=True)
+    now = OmegaConf.to_container(current, resolve=True) if isinstance(current, DictConfig) else current
     before, after = (_flat({group: _effective(c.get(group), known) for group, known in classes.items()})
                      for c in (saved, now))
     return [f"{key}: {before.get(key)} → {after.get(key)}" for key in sorted(set(before) | set(after))

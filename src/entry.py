@@ -2,13 +2,15 @@
 
 - the `${run_id:}`, `${start_time:}` and `${job_dirname:}` resolvers used in run and sweep directory names;
 - `run_or_exit`: a UserError (bad data, config or file) ends the command with its one-sentence
-  message and exit code 2, instead of a traceback.
+  message and exit code 2, instead of a traceback; in a multirun, records logged with
+  `extra={"file_only": True}` (per-class tables) go to the job's log file, not the console.
 """
 from __future__ import annotations
 
 import datetime
 import hashlib
 import logging
+import re
 import secrets
 import shutil
 import sys
@@ -23,6 +25,21 @@ from omegaconf import OmegaConf
 from .errors import UserError
 
 T = TypeVar("T")
+
+
+def _config_dir() -> str:
+    """The config tree: conf/ beside the package in a clone (`python -m src.train` from the repository), or
+    the copy installed inside the package (`pip install .` puts it at src/conf). An absolute path, so that
+    the commands work from any folder."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package.parent / "conf", package / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return str(candidate)
+    raise SystemExit(f"the config tree (conf/train.yaml) is neither in {package.parent} nor in {package}: "
+                     "reinstall the project")
+
+
+CONFIG_DIR = _config_dir()
 
 # A short random id per process, in every run and sweep directory name: two runs started in the
 # same second (or on two machines sharing a disk) never write into the same directory. Cached in the
@@ -51,10 +68,15 @@ def _start_time(pattern: str) -> str:
 
 
 def _job_dirname(overrides: str) -> str:
-    """A sweep job's directory name from its overrides (`<n>_<this>`): shortened, with a hash of the whole
-    text, when it would not fit in a file name (255 bytes), as an Optuna trial's float values easily do.
-    A '/' in a value would make a sub-directory: it becomes '_'."""
-    name = overrides.replace("/", "_")
+    """A sweep job's directory name from its overrides (`<n>_<this>`), e.g. `model.dropout@0.2+seed@1`
+    (conf/hydra/default.yaml joins key and value with '@' and overrides with '+').
+
+    The name must paste back into any command unquoted: `ckpt_path=outputs/sweeps/<s>/3_model.dropout@0.2+seed@1`
+    passes Hydra's override grammar and shells. So only letters, digits and `. _ - + @` are kept; any other
+    character (the '=' and ',' of a list value, a '/' that would make a sub-directory) becomes '_'. A name
+    that would not fit in a file name (255 bytes), as an Optuna trial's float values easily do, is
+    shortened, with a hash of the whole text."""
+    name = re.sub(r"[^A-Za-z0-9._+@-]", "_", overrides)
     if len(name.encode()) <= MAX_JOB_DIRNAME_BYTES:
         return name
     digest = hashlib.sha1(name.encode()).hexdigest()[:8]
@@ -85,8 +107,13 @@ def run_or_exit(work: Callable[[], T], logger: logging.Logger, on_error: Callabl
     In a multirun a failed job must not end the sweep: its error (a UserError's sentence, or the traceback
     of anything else, which also goes to the job's log) is kept for the sweep callback, which records the
     job as failed, and None is returned; the sweep ends with one sentence and a non-zero exit once every
-    job ran (src/reporting/sweep_callback.py). Ctrl-C stops the whole sweep."""
+    job ran (src/reporting/sweep_callback.py). Ctrl-C stops the whole sweep.
+
+    Also in a multirun, records logged with `extra={"file_only": True}` (the per-class tables, 100 lines
+    for CIFAR-100) go to the job's log file only: the console shows every job's summary lines."""
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    if multirun:
+        _keep_file_only_records_off_the_console()
     try:
         return work()
     except KeyboardInterrupt:
@@ -107,6 +134,19 @@ def run_or_exit(work: Callable[[], T], logger: logging.Logger, on_error: Callabl
     global _job_error
     _job_error = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
     return None
+
+
+def _not_file_only(record: logging.LogRecord) -> bool:
+    return not getattr(record, "file_only", False)
+
+
+def _keep_file_only_records_off_the_console() -> None:
+    """Hydra configures the logging of every job anew: its console handler (a StreamHandler that is not a
+    FileHandler) gets the filter, the job's log file keeps everything."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            if _not_file_only not in handler.filters:
+                handler.addFilter(_not_file_only)
 
 
 _job_error: str | None = None  # the failure of the multirun job this process ran last, for the sweep callback

@@ -10,13 +10,13 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from .entry import discard_if_empty, run_or_exit
+from .entry import CONFIG_DIR, discard_if_empty, run_or_exit
 from .evaluation.split_evaluation import run_evaluation
 
 log = logging.getLogger("src.evaluate")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
 def main(cfg: DictConfig) -> None:
     run_dir = HydraConfig.get().runtime.output_dir
     run_or_exit(lambda: run_evaluation(cfg, run_dir), log, lambda: discard_if_empty(run_dir))

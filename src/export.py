@@ -11,13 +11,13 @@ import hydra
 from omegaconf import DictConfig
 
 from .config import EXPORT_RULES, check_values
-from .entry import run_or_exit
+from .entry import CONFIG_DIR, run_or_exit
 from .evaluation.model_export import export_checkpoint
 
 log = logging.getLogger("src.export")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
 def main(cfg: DictConfig) -> None:
     def export() -> None:
         check_values(cfg, EXPORT_RULES)

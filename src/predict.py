@@ -10,13 +10,13 @@ import logging
 import hydra
 from omegaconf import DictConfig
 
-from .entry import run_or_exit
+from .entry import CONFIG_DIR, run_or_exit
 from .evaluation.image_prediction import predict_images
 
 log = logging.getLogger("src.predict")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
 def main(cfg: DictConfig) -> None:
     run_or_exit(lambda: predict_images(cfg), log)
 

@@ -27,7 +27,8 @@ log = logging.getLogger("src.report")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m src.report", description=__doc__.split("\n\n")[0])
+    program = "fer-report" if Path(sys.argv[0]).name == "fer-report" else "python -m src.report"
+    parser = argparse.ArgumentParser(prog=program, description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", help="run directories, sweep directories, or folders holding them")
     parser.add_argument("--out", help="where to write the report")
     parser.add_argument("--no-plots", action="store_true", help="tables only")
@@ -58,5 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """`python -m src.report` and the `fer-report` command."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

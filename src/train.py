@@ -7,20 +7,23 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from .entry import discard_if_empty, run_or_exit
+from .entry import CONFIG_DIR, discard_if_empty, run_or_exit
 from .runtime import distributed
 from .runtime.gpu_claim import gpu_for_sweep_job
+from .training.checkpointing import previous_attempt
 from .training.experiment import train
 
 log = logging.getLogger("src.train")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Returns the monitored validation metric, for Hydra sweepers."""
     distributed.quiet_other_ranks()
@@ -29,7 +32,7 @@ def main(cfg: DictConfig) -> float | None:
     with gpu_for_sweep_job(cfg, hydra_cfg):
         # A run stopped by an error before it trained leaves no empty run directory (rank 0 owns it).
         cleanup = (lambda: discard_if_empty(run_dir)) if distributed.launched_rank() == 0 else None
-        metrics = run_or_exit(lambda: train(cfg, run_dir, choices=dict(hydra_cfg.runtime.choices)), log, cleanup)
+        metrics = run_or_exit(lambda: _train_or_skip(cfg, run_dir, hydra_cfg), log, cleanup)
     distributed.shutdown()
     if metrics is None:  # a failed job of a sweep (see entry.run_or_exit): the sweep goes on
         return None
@@ -37,9 +40,27 @@ def main(cfg: DictConfig) -> float | None:
     return metrics.get(cfg.trainer.monitor)
 
 
-if __name__ == "__main__":
+def _train_or_skip(cfg: DictConfig, run_dir: str, hydra_cfg) -> dict:
+    """A sweep re-run in the same sweep directory skips its completed jobs and resumes interrupted ones
+    (checkpointing.previous_attempt); everything else trains."""
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        done = previous_attempt(cfg, Path(run_dir))
+        if done is not None:
+            log.info("Job %s already completed in %s with these settings: skipped", hydra_cfg.job.num, run_dir)
+            return done
+        if cfg.resume:
+            log.info("Job %s was interrupted: resuming from %s/checkpoints/last.pt", hydra_cfg.job.num, run_dir)
+    return train(cfg, run_dir, dict(hydra_cfg.runtime.choices), list(hydra_cfg.overrides.task))
+
+
+def cli() -> None:
+    """`python -m src.train` and the `fer-train` command."""
     if distributed.launched_rank() > 0:
         # torchrun's other processes share rank 0's run directory (see entry.py): rank 0 alone writes
         # its .hydra/ (the composed config and the overrides).
         sys.argv.append("hydra.output_subdir=null")
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from tests.helpers import GROUPS, ROOT, quote, write_dataset
@@ -57,6 +58,25 @@ def test_help_lists_the_groups():
         assert line is not None, f"--help does not list the {group} group"
         for option in sorted(p.stem for p in (ROOT / "conf" / group).glob("*.yaml")):
             assert option in line, f"--help does not list {group}={option}"
+
+
+@pytest.mark.parametrize(("entry", "keys"), [("evaluate", ["ckpt_path:", "split:", "embed:", "tta:"]),
+                                             ("predict", ["ckpt_path:", "images:", "top_k:", "output:"]),
+                                             ("export", ["ckpt_path:", "format:", "output:"])])
+def test_help_of_the_other_commands_lists_only_what_they_take(entry, keys):
+    result = run_entry(entry, "--help", timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert f"python -m src.{entry} ckpt_path=" in result.stdout  # a header with examples
+    assert all(key in result.stdout for key in keys)
+    assert "Configuration groups" not in result.stdout and "model:" not in result.stdout  # no training groups
+
+
+def test_a_user_config_dir_adds_an_option_without_editing_the_package(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "my_lenet.yaml").write_text("_target_: src.models.lenet.LeNet\ndropout: 0.25\n")
+    result = run_train("--config-dir", str(tmp_path), "model=my_lenet", "--cfg", "job", timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "_target_: src.models.lenet.LeNet" in result.stdout and "dropout: 0.25" in result.stdout
 
 
 def test_cfg_job_prints_the_composed_config():

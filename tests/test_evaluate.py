@@ -271,6 +271,24 @@ def test_export_onnx_gives_the_same_logits(trained, tmp_path):
     assert not list(tmp_path.glob("*.data"))  # one self-contained file
 
 
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_takes_a_run_directory_checks_itself_and_keeps_quiet(trained, tmp_path, fmt, caplog):
+    """ckpt_path takes the forms evaluate and predict take (a run directory: its best.pt); the exported
+    model is checked against PyTorch (the difference is logged and in the sidecar); the ONNX optimizer's
+    per-pass messages stay out of the log."""
+    if fmt == "onnx":
+        pytest.importorskip("onnxruntime")
+        pytest.importorskip("onnxscript")
+    with caplog.at_level(logging.INFO):
+        path = export_checkpoint(str(trained["runs"][0]), fmt, str(tmp_path / f"model.{fmt}"))
+    sidecar = json.loads(Path(f"{path}.json").read_text())
+    assert sidecar["checkpoint"] == trained["ckpts"][0] and 0 <= sidecar["max_abs_difference_from_pytorch"] < 1e-3
+    assert "max abs difference from PyTorch on a batch of 8" in caplog.text
+    assert "No unused functions" not in caplog.text and "PassManager" not in caplog.text
+    with pytest.raises(UserError, match="holds 2 checkpoints; export one model at a time"):
+        export_checkpoint(str(trained["runs"][0].parent), fmt)
+
+
 # -- training crops (aug.crop.size): evaluation sees what training saw -----------------------------------------
 
 

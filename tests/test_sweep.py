@@ -5,9 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -49,19 +51,43 @@ def data_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def sweep_2x2(tmp_path_factory, data_root) -> Path:
+def sweep_2x2_run(tmp_path_factory, data_root) -> tuple[Path, subprocess.CompletedProcess]:
     tmp_path = tmp_path_factory.mktemp("sweep")
     sweep, result = run_sweep(tmp_path, data_root, "logger=tensorboard", "model.dropout=0,0.2", "seed=1,2")
     assert result.returncode == 0, result.stderr[-3000:]
-    return sweep
+    return sweep, result
+
+
+@pytest.fixture(scope="module")
+def sweep_2x2(sweep_2x2_run) -> Path:
+    return sweep_2x2_run[0]
 
 
 def test_multirun_writes_one_directory_per_job_named_by_its_overrides(sweep_2x2):
     names = [d.name for d in job_dirs(sweep_2x2)]
     assert len(names) == 4
-    assert names[0].startswith("0_") and "model.dropout=0," in names[0] and "seed=1" in names[0]
-    assert "model.dropout=0.2" in names[3] and "seed=2" in names[3]
+    assert names[0].startswith("0_") and "model.dropout@0+" in names[0] and "seed@1" in names[0]
+    assert "model.dropout@0.2" in names[3] and "seed@2" in names[3]
     assert all((d / "metrics.json").is_file() for d in job_dirs(sweep_2x2))
+
+
+def test_a_job_directory_pastes_into_a_command_unquoted(sweep_2x2, tmp_path):
+    """What the sweep prints is what a user pastes: ckpt_path=<job dir> with no quoting, as Hydra parses
+    overrides (every command) and as a shell splits words (evaluate, run for real)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for job in job_dirs(sweep_2x2):
+        assert parser.parse_override(f"ckpt_path={job}").value() == str(job)
+        assert parser.parse_override(f"ckpt_path={job}/checkpoints/last.pt").value() == f"{job}/checkpoints/last.pt"
+    job = job_dirs(sweep_2x2)[3]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    result = subprocess.run(f"{sys.executable} -m src.evaluate ckpt_path={job} paths.output_dir={tmp_path}",
+                            shell=True, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (out,) = (tmp_path / "eval").iterdir()
+    assert json.loads((out / "metrics.json").read_text())["test/acc"] == \
+        json.loads((job / "metrics.json").read_text())["test/acc"]
 
 
 def test_summary_has_one_row_per_job_with_its_metrics_sorted_by_val(sweep_2x2):
@@ -91,7 +117,7 @@ def test_runs_that_differ_only_in_seed_are_aggregated_as_mean_and_std(sweep_2x2)
     for name, group in groups.items():
         dropout = name.split("=")[1]
         members = [json.loads((d / "metrics.json").read_text()) for d in job_dirs(sweep_2x2)
-                   if f"model.dropout={dropout}," in d.name]
+                   if f"model.dropout={dropout}" in OmegaConf.load(d / ".hydra" / "overrides.yaml")]
         assert int(group["runs"]) == len(members) == 2
         accs = [m["test/acc"] for m in members]
         assert float(group["test_acc"]) == pytest.approx(statistics.mean(accs))
@@ -120,14 +146,55 @@ def test_tensorboard_hparams_of_every_run_side_by_side(sweep_2x2):
         content[run_dir.name] = tags
         start = plugin_data_pb2.HParamsPluginData.FromString(tags["_hparams_/session_start_info"])
         hparams = start.session_start_info.hparams
-        assert hparams["model.dropout"].number_value == pytest.approx(0.2 if "dropout=0.2" in run_dir.name else 0)
-        assert hparams["seed"].number_value == (1 if "seed=1" in run_dir.name else 2)
+        job = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+        assert hparams["model.dropout"].number_value == pytest.approx(job.model.dropout)
+        assert hparams["seed"].number_value == job.seed
         metrics = json.loads((run_dir / "metrics.json").read_text())
-        assert events.Scalars("hparam/test_acc")[0].value == pytest.approx(metrics["test/acc"])
+        assert events.Scalars("test/acc")[0].value == pytest.approx(metrics["test/acc"])
         assert len(events.Scalars("val/acc")) == 2  # the run's curves in the Scalars tab
     infos = {info.name: info for info in backend_context.Context(None)._compute_hparam_infos(content)}
     assert {"model.dropout", "seed", "optim.lr", "choice/model"} <= set(infos)
     assert list(infos["choice/model"].domain_discrete.values) == [json_value("lenet")]
+
+
+def test_tensorboard_shows_what_a_person_compares_and_nothing_of_bookkeeping(sweep_2x2):
+    """HParams: the swept keys, the group choices and the experiment's settings (the peak lr, optim.lr), no
+    paths, resume or progress bar. Its metric columns are the run's own scalars: the test metrics of the
+    selected epoch are logged once at its step, and no hparam/* copies make single-point Time Series cards."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    bookkeeping = ("ckpt_path", "resume", "trainer.progress_bar", "data.root", "data.cache_dir", "data.csv",
+                   "data.download")
+    for run_dir in job_dirs(sweep_2x2):
+        events = EventAccumulator(str(run_dir))
+        events.Reload()
+        start = plugin_data_pb2.HParamsPluginData.FromString(
+            events.PluginTagToContent("hparams")["_hparams_/session_start_info"])
+        names = set(start.session_start_info.hparams)
+        assert {"model.dropout", "seed", "choice/model", "choice/data", "optim.lr", "data.image_size"} <= names
+        assert start.session_start_info.hparams["optim.lr"].number_value == pytest.approx(3e-3)
+        assert not [n for n in names if n in bookkeeping or n.startswith(("paths.", "hydra", "logger.", "choice/hydra",
+                                                                          "choice/paths", "choice/logger"))]
+        scalars = events.Tags()["scalars"]
+        assert not [tag for tag in scalars if tag.startswith("hparam")]
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        for name in ("acc", "macro_f1"):
+            (point,) = events.Scalars(f"test/{name}")
+            assert (point.step, point.value) == (metrics["best_epoch"], pytest.approx(metrics[f"test/{name}"]))
+        # HParams shows the first five metric columns in tag order: the test results, not the lr schedule's end
+        assert sorted(scalars)[:2] == ["test/acc", "test/macro_f1"] and "lr" not in scalars
+
+
+def test_per_class_tables_of_a_sweep_go_to_each_jobs_log_not_the_console(sweep_2x2_run):
+    sweep, result = sweep_2x2_run
+    header = "| class | precision | recall | F1 | support |"
+    console = result.stdout + result.stderr
+    assert console.count("Test (best epoch") == 4  # every job's summary line is still on the console
+    assert header not in console
+    for job in job_dirs(sweep):
+        log = (job / "train.log").read_text()
+        assert header in log and "| bottom |" in log
 
 
 def json_value(text: str):
@@ -262,12 +329,44 @@ def test_parallel_jobs_claim_different_gpus_and_wait_when_all_are_taken(tmp_path
     assert third == [0]  # and takes the first one freed
 
 
+@pytest.mark.slow
+def test_a_sweep_rerun_in_its_directory_runs_only_the_jobs_it_has_not_finished(tmp_path, data_root):
+    """Interrupted (Ctrl-C) after 2 of 4 jobs and re-run with the same command and hydra.sweep.dir: the 2
+    completed jobs are skipped, the other 2 run (an interrupted one goes on from its last.pt), and the
+    summary has one row per job."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    sweep = tmp_path / "sweep"
+    command = [sys.executable, "-m", "src.train", "-m",
+               *fast_overrides(data_root, tmp_path / "cache", "trainer.max_epochs=2"), "seed=1,2,3,4",
+               f"hydra.sweep.dir={quote(sweep)}"]
+    first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and first.poll() is None:
+        jobs = sweep / "jobs.jsonl"
+        if jobs.is_file() and len(jobs.read_text().splitlines()) >= 2:
+            first.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.2)
+    first.communicate(timeout=120)
+    done_before = {r["job"] for r in map(json.loads, (sweep / "jobs.jsonl").read_text().splitlines())}
+    assert len(done_before) == 2 and first.returncode != 0
+
+    second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    output = second.stdout + second.stderr
+    assert second.returncode == 0, output[-3000:]
+    assert output.count("already completed in") == 2 and "skipped" in output
+    rows = read_csv(sweep / "summary.csv")
+    assert len(rows) == 4 and all(row["status"] == "completed" for row in rows)
+    assert all((d / "metrics.json").is_file() for d in job_dirs(sweep))
+
+
 def test_long_job_directory_names_are_shortened_with_a_hash():
     from src.entry import MAX_JOB_DIRNAME_BYTES, _job_dirname
 
-    short = "model.dropout=0.2,seed=1"
+    short = "model.dropout@0.2+seed@1"
     assert _job_dirname(short) == short
-    long = ",".join(f"optim.lr={0.1 + i / 1e9!r}" for i in range(30))
+    assert _job_dirname("model.stage_dropout@[0.2,0.4]+data=x") == "model.stage_dropout@_0.2_0.4_+data_x"
+    long = "+".join(f"optim.lr@{0.1 + i / 1e9!r}" for i in range(30))
     name = _job_dirname(long)
     assert len(name.encode()) <= MAX_JOB_DIRNAME_BYTES and name.startswith(long[:150])
     assert name != _job_dirname(long.replace("0.1", "0.2", 1))  # the hash tells them apart

@@ -153,10 +153,11 @@ def test_tensorboard_events(quick_run):
     events = EventAccumulator(str(run_dir))
     events.Reload()
     tags = events.Tags()
-    for tag in ("train/loss", "train/acc", "val/acc", "val/loss", "val/macro_f1", "lr"):
+    for tag in ("train/loss", "train/acc", "val/acc", "val/loss", "val/macro_f1", "train/lr"):
         assert tag in tags["scalars"], tag
     assert [e.step for e in events.Scalars("val/acc")] == [1, 2, 3]
     history = read_history(run_dir)
+    assert [e.value for e in events.Scalars("train/lr")] == pytest.approx([float(r["lr"]) for r in history])
     assert [e.value for e in events.Scalars("train/loss")] == pytest.approx(
         [float(r["train/loss"]) for r in history])
     assert "val/confusion_matrix" in tags["images"]
@@ -166,7 +167,10 @@ def test_tensorboard_events(quick_run):
     start = plugin_data_pb2.HParamsPluginData.FromString(hparams["_hparams_/session_start_info"])
     assert start.session_start_info.hparams["optim.lr"].number_value == pytest.approx(3e-3)
     assert start.session_start_info.hparams["data.image_size"].number_value == 32
-    assert events.Scalars("hparam/test_acc")[0].value == pytest.approx(read_metrics(run_dir)["test/acc"])
+    # the test metrics of the selected epoch, once, at its step (HParams' test columns)
+    metrics = read_metrics(run_dir)
+    (test_acc,) = events.Scalars("test/acc")
+    assert (test_acc.step, test_acc.value) == (metrics["best_epoch"], pytest.approx(metrics["test/acc"]))
 
 
 # -- other run shapes --------------------------------------------------------------------------------------
@@ -338,6 +342,22 @@ def test_resume_refuses_other_classes(tmp_path, resume_setup):
     with pytest.raises(UserError, match=r"trained with other settings \(data.classes: None → \[.top., .bottom.\]"):
         train(resume_setup("trainer.max_epochs=2", "data.classes=[top,bottom]", f"ckpt_path={quote(ckpt)}"),
               tmp_path / "C")
+
+
+def test_a_resume_mismatch_lists_every_difference_and_the_command_to_resume_with(tmp_path, resume_setup):
+    """Every difference at once (model and data), no noise from defaults, and the command of the run that
+    wrote the checkpoint (its .hydra/overrides.yaml, as Hydra records it for every run and sweep job)."""
+    train(resume_setup(), tmp_path / "B")
+    (tmp_path / "B" / ".hydra").mkdir()
+    (tmp_path / "B" / ".hydra" / "overrides.yaml").write_text("- model=lenet\n- model.dropout=0.3\n- seed=4\n")
+    ckpt = tmp_path / "B" / "checkpoints" / "last.pt"
+    with pytest.raises(UserError) as info:
+        train(resume_setup("model.dropout=0.1", "data.classes=[top,bottom]", f"ckpt_path={quote(ckpt)}"),
+              tmp_path / "C")
+    message = str(info.value)
+    assert "data.classes: None → ['top', 'bottom']" in message and "model.dropout: 0.3 → 0.1" in message
+    assert message.count("→") == 2  # nothing else: defaults and paths are no difference
+    assert f"python -m src.train model=lenet model.dropout=0.3 seed=4 ckpt_path={ckpt}" in message
 
 
 def test_resume_ignores_defaults_written_out_and_moved_modules(tmp_path, resume_setup):

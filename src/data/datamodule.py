@@ -194,9 +194,10 @@ class ImageData:
     def class_counts(self) -> torch.Tensor:
         return torch.bincount(self.splits["train"].labels, minlength=len(self.classes))
 
-    def train_loader(self, device: torch.device | str, seed: int) -> DeviceLoader:
+    def train_loader(self, device: torch.device | str, seed: int, split: Split | None = None) -> DeviceLoader:
+        """Shuffled batches of the train split (or of `split`, a part of it: trainer.overfit_batches)."""
         budget = device_budget_bytes(torch.device(device), self.max_device_bytes)
-        loader = DeviceLoader(self.splits["train"], self.batch_size, device, shuffle=True,
+        loader = DeviceLoader(self.splits["train"] if split is None else split, self.batch_size, device, shuffle=True,
                               balanced=self.balanced, drop_last=True, seed=seed, budget_bytes=budget)
         if not loader.on_device:
             log.warning("The training split (%.2f GiB) is over the device budget (%.2f GiB, data.max_device_bytes): "

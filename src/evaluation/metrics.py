@@ -110,6 +110,7 @@ class Metric:
     lower_is_better: bool = False
     every_epoch: bool = True             # scalars: recorded on val every epoch, selectable as trainer.monitor
     in_summary: bool = False             # scalars: a column (val and test) of the comparison tables, in HParams
+    decimals: int = 4                    # in the comparison tables (per_class: its f1_<class> columns)
 
 
 METRICS: tuple[Metric, ...] = (

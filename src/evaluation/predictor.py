@@ -22,6 +22,7 @@ from ..config import build_stored
 from ..data.inputs import TTA_MODES, ModelInput
 from ..errors import ConfigError, UserError
 from ..models import MODEL_CLASSES
+from ..progress import DEFAULT_EVERY_S, Progress
 from ..runtime.devices import autocast, resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
@@ -29,39 +30,53 @@ log = logging.getLogger(__name__)
 
 class Predictor:
     """One model, ready to predict: its inputs (normalization, memory format, the centre crop or the views
-    of test-time augmentation: data.inputs.ModelInput), device and precision."""
+    of test-time augmentation: data.inputs.ModelInput), device and precision. A pass that takes a while
+    shows its progress (src/progress.py: a bar on terminals, else a log line every `log_every_s` seconds)."""
 
     def __init__(self, model: nn.Module, inputs: ModelInput, device: torch.device | str = "cpu",
-                 precision: str = "fp32", tta: str = "none", crop_size: int | None = None, batch_size: int = 512):
+                 precision: str = "fp32", tta: str = "none", crop_size: int | None = None, batch_size: int = 512,
+                 log_every_s: float = DEFAULT_EVERY_S):
         if tta not in TTA_MODES:
             raise ConfigError(f"tta.mode={tta} is invalid: use one of {', '.join(TTA_MODES)}")
         self.model, self.inputs, self.device, self.precision = model, inputs, torch.device(device), precision
-        self.tta, self.crop_size, self.batch_size = tta, crop_size, batch_size
+        self.tta, self.crop_size, self.batch_size, self.log_every_s = tta, crop_size, batch_size, log_every_s
 
     def _batches(self, images: torch.Tensor):
         for start in range(0, len(images), self.batch_size):
             yield images[start:start + self.batch_size].to(self.device, non_blocking=True)
 
+    def _progress(self, images: torch.Tensor, description: str) -> Progress:
+        """The pass's progress in images (no host synchronisation: it counts the batches handed to the device)."""
+        return Progress(len(images), description, "img", every_s=self.log_every_s, logger=log)
+
     @torch.inference_mode()
-    def log_probs(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, K) float32 log-probabilities on the CPU for uint8 images (N, C, H, W) on any device."""
+    def log_probs(self, images: torch.Tensor, description: str = "predicting") -> torch.Tensor:
+        """(N, K) float32 log-probabilities on the CPU for uint8 images (N, C, H, W) on any device.
+        `description` names the pass in its progress (e.g. the split), which advances by view: a batch
+        under ten-crop TTA is ten forward passes."""
         self.model.eval()
         out = []
-        for batch in self._batches(images):
-            views = self.inputs.views(batch, self.tta, self.crop_size)
-            with autocast(self.device, self.precision):
-                logits = torch.stack([self.model(v).float() for v in views]).mean(0)
-            out.append(F.log_softmax(logits, dim=1))
+        with self._progress(images, description + (f" (tta={self.tta})" if self.tta != "none" else "")) as progress:
+            for batch in self._batches(images):
+                views, logits = self.inputs.views(batch, self.tta, self.crop_size), []
+                with autocast(self.device, self.precision):
+                    for i, view in enumerate(views):  # progress by view: each is a forward pass over the batch
+                        logits.append(self.model(view).float())
+                        progress.update(len(batch) * (i + 1) // len(views) - len(batch) * i // len(views))
+                    mean = torch.stack(logits).mean(0)
+                out.append(F.log_softmax(mean, dim=1))
         return torch.cat(out).cpu()
 
     @torch.inference_mode()
-    def features(self, images: torch.Tensor) -> torch.Tensor:
+    def features(self, images: torch.Tensor, description: str = "features") -> torch.Tensor:
         """(N, F) penultimate-layer features (the model's forward_features), without TTA."""
         self.model.eval()
         out = []
-        for batch in self._batches(images):
-            with autocast(self.device, self.precision):
-                out.append(self.model.forward_features(self.inputs.centre(batch)).float())
+        with self._progress(images, description) as progress:
+            for batch in self._batches(images):
+                with autocast(self.device, self.precision):
+                    out.append(self.model.forward_features(self.inputs.centre(batch)).float())
+                progress.update(len(batch))
         return torch.cat(out).cpu()
 
 
@@ -76,8 +91,10 @@ class Ensemble:
     def __init__(self, members: Sequence[Predictor]):
         self.members = list(members)
 
-    def log_probs(self, images: torch.Tensor) -> torch.Tensor:
-        return average_probabilities([m.log_probs(images) for m in self.members])
+    def log_probs(self, images: torch.Tensor, description: str = "predicting") -> torch.Tensor:
+        n = len(self.members)
+        return average_probabilities([m.log_probs(images, f"{description}, model {i}/{n}")
+                                      for i, m in enumerate(self.members, start=1)])
 
 
 def load_model(ckpt_path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
@@ -149,10 +166,12 @@ def checkpoint_paths(ckpt_path) -> list[str]:
 
 def load_predictors(ckpt_paths: Sequence[str], trainer_cfg, tta_cfg, batch_size: int | None = None
                     ) -> tuple[list[Predictor], dict]:
-    """A Predictor per checkpoint (device from `trainer_cfg`; precision and channels_last from it or, when
-    null, from the checkpoint's run; TTA from `tta_cfg`), and the data description they share.
+    """A Predictor per checkpoint (device and progress interval from `trainer_cfg`; precision and
+    channels_last from it or, when null, from the checkpoint's run; TTA from `tta_cfg`), and the data
+    description they share.
     Checkpoints over different classes or inputs are an error."""
     device = resolve_device(trainer_cfg.device)
+    every_s = DEFAULT_EVERY_S if trainer_cfg.get("log_every_s") is None else trainer_cfg.log_every_s
     predictors, first = [], None
     for path in ckpt_paths:
         model, meta = load_model(path, device)
@@ -168,5 +187,6 @@ def load_predictors(ckpt_paths: Sequence[str], trainer_cfg, tta_cfg, batch_size:
                             f"({ {k: first[k] for k in described} }); an ensemble needs the same classes and input")
         inputs = ModelInput(data["mean"], data["std"], meta.get("input_size"), channels_last=channels_last)
         predictors.append(Predictor(model, inputs, device, precision, tta_cfg.mode, tta_cfg.crop_size,
-                                    batch_size or (meta["config"].get("data") or {}).get("eval_batch_size") or 512))
+                                    batch_size or (meta["config"].get("data") or {}).get("eval_batch_size") or 512,
+                                    every_s))
     return predictors, first

@@ -44,11 +44,11 @@ def score(log_probs: torch.Tensor, split: Split, classes: list[str]) -> Evaluati
     return Evaluation(split, log_probs, compute_metrics(split.labels, log_probs, classes))
 
 
-def evaluate_split(predictor, split: Split, classes: list[str]) -> Evaluation:
-    """The evaluation of a Predictor (or Ensemble) on one split. In a DDP run each rank predicts its
-    share of the split and every rank scores all the predictions: the metrics of the whole split, the
-    same on every rank."""
-    return score(map_shards(predictor.log_probs, split.images), split, classes)
+def evaluate_split(predictor, split: Split, classes: list[str], description: str = "evaluating") -> Evaluation:
+    """The evaluation of a Predictor (or Ensemble) on one split; `description` (the split's name) names the
+    pass in its progress. In a DDP run each rank predicts its share of the split and every rank scores all
+    the predictions: the metrics of the whole split, the same on every rank."""
+    return score(map_shards(lambda images: predictor.log_probs(images, description), split.images), split, classes)
 
 
 def prefixed(prefix: str, metrics: dict) -> dict:
@@ -108,7 +108,9 @@ def run_evaluation(cfg: DictConfig, run_dir: str | Path) -> dict:
         raise UserError(f"data.split={split_name}: the data has no such split (it has {', '.join(data.splits)})")
     split = data.splits[split_name]
 
-    members = [evaluate_split(p, split, classes) for p in predictors]
+    n = len(predictors)
+    members = [evaluate_split(p, split, classes, split_name if n == 1 else f"{split_name}, model {i}/{n}")
+               for i, p in enumerate(predictors, start=1)]
     evaluation = members[0] if len(members) == 1 else score(average_probabilities([m.log_probs for m in members]),
                                                            split, classes)
     metrics = {"ckpt_path": paths if len(paths) > 1 else paths[0], "split": split_name, "tta": cfg.tta.mode,
@@ -122,10 +124,13 @@ def run_evaluation(cfg: DictConfig, run_dir: str | Path) -> dict:
     write_split_report(run_dir, evaluation, classes, title, cfg.misclassified)
     atomic_write_json(metrics, run_dir / "metrics.json")
     if cfg.embed:
-        write_embedding(run_dir, predictors[0].features(split.images), split, classes, split_name)
+        features = predictors[0].features(split.images, f"{split_name} features")
+        write_embedding(run_dir, features, split, classes, split_name)
     m = evaluation.metrics
-    log.info("%s (tta=%s): acc %.4f, macro-F1 %.4f, balanced acc %.4f\n%s", title, cfg.tta.mode, m["acc"],
-             m["macro_f1"], m["balanced_acc"], per_class_table(m["per_class"], m["roc_auc"]))
+    log.info("%s (tta=%s): acc %.4f, macro-F1 %.4f, balanced acc %.4f", title, cfg.tta.mode, m["acc"],
+             m["macro_f1"], m["balanced_acc"])
+    # In a sweep: in the job's log file, not on the console (src/entry.py)
+    log.info("%s per class:\n%s", title, per_class_table(m["per_class"], m["roc_auc"]), extra={"file_only": True})
     return metrics
 
 

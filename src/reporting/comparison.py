@@ -5,9 +5,11 @@ directory with jobs.jsonl, which the sweep callback appends to after every job (
 have no metrics.json, still get a row). From any mix of them this module builds:
 
 - summary.csv / summary.md: one row per run, sorted by the monitored validation metric (failed runs
-  last), with the overrides that vary between the runs as the row's name;
-- when runs differ only in `seed` or `data.fold`: the same figures as mean ± std per group
-  (aggregate.csv and a second table in summary.md);
+  last), with the overrides that vary between the runs as the row's name (runs with equal overrides,
+  re-runs, are told apart by their directory's name); one number format per column of summary.md;
+- when runs differ only in `seed` or `data.fold`: the same figures as mean ± std per group, over its
+  seeds and folds (aggregate.csv and a second table in summary.md); re-runs with the same seed and fold
+  are no such group, and within a group they count once (averaged);
 - curves.png (validation accuracy and loss per epoch of every run), bars.png (test accuracy and
   macro-F1 per run or group) and best_confusion_matrix.png (the best run's test confusion matrix).
 """
@@ -21,6 +23,7 @@ import math
 import os
 import re
 import statistics
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +51,15 @@ METRIC_COLUMNS = {"params": "model/params", "size_mb": "model/size_mb", "conv_la
 PROVENANCE_COLUMNS = ("run", "data", "command", "machine", "train_time", "run_time")
 # What groups of runs (seeds, folds) show as mean ± std
 AGGREGATED = (*SUMMARY_COLUMNS, "epoch_time_s", "images_per_s")
+# One number format per column of summary.md (summary.csv and aggregate.csv keep the values as they are):
+# the registry's decimals for metric columns (src/evaluation/metrics.py), counts as integers with thousands
+# separators, seconds and images per second to a tenth, megabytes to a hundredth.
+_INTEGER = "{:,.0f}"
+COLUMN_FORMATS = {"params": _INTEGER, "conv_layers": _INTEGER, "best_epoch": _INTEGER, "runs": _INTEGER,
+                  "size_mb": "{:,.2f}", "epoch_time_s": "{:,.1f}", "images_per_s": "{:,.1f}",
+                  **{column: f"{{:.{BY_NAME[key.split('/', 1)[1]].decimals}f}}"
+                     for column, key in SUMMARY_COLUMNS.items()}}
+PER_CLASS_FORMAT = f"{{:.{BY_NAME['per_class'].decimals}f}}"  # the f1_<class> columns
 
 
 @dataclass
@@ -107,7 +119,7 @@ _NUMBER = float | None
 METRICS_TYPES = {
     "monitor": str | None, "best_epoch": int | None, "classes": list[str] | None,
     "test/per_class": dict[str, dict[str, _NUMBER]] | None, "test/confusion_matrix": list[list[int]] | None,
-    "world_size": int | None, "train/time_s": _NUMBER, "run_time_s": _NUMBER,
+    "world_size": int | None, "seed": int | None, "train/time_s": _NUMBER, "run_time_s": _NUMBER,
     **{key: _NUMBER for key in ("model/params", "model/size_mb", "model/conv_layers", "train/epoch_time_s",
                                 "train/images_per_s")},
     **{f"{split}/{name}": _NUMBER for split in ("val", "test") for name in SCALAR_METRICS},
@@ -231,9 +243,28 @@ def common_overrides(runs: list[Run]) -> list[str]:
 
 
 def _name_runs(runs: list[Run]) -> None:
+    """Each run's name: its overrides that not every run shares. Runs with equal names (re-runs of one
+    command) get their directory's name added, with as many parent folders as tell them apart."""
     shared = set(common_overrides(runs))
     for run in runs:
         run.name = " ".join(o for o in run.overrides if o not in shared) or run.dir.name
+    for name, count in Counter(run.name for run in runs).items():
+        if count > 1:
+            same = [run for run in runs if run.name == name]
+            depth = next((d for d in range(1, 8) if len({_tail(r.dir, d) for r in same}) == count), None)
+            for run in same:
+                run.name = f"{name} ({_tail(run.dir, depth) if depth else run.dir})"
+
+
+def _tail(path: Path, depth: int) -> str:
+    return "/".join(path.parts[-depth:])
+
+
+def _repeat(run: Run) -> tuple:
+    """What tells repeats of one experiment apart: the seed (metrics.json's, else the override) and the fold."""
+    given = {_key(o): o.split("=", 1)[1] for o in run.overrides if _key(o) in REPEAT_KEYS}
+    seed = (run.metrics or {}).get("seed")
+    return given.get("seed") if seed is None else str(seed), given.get("data.fold")
 
 
 def _sorted(runs: list[Run]) -> list[Run]:
@@ -257,8 +288,8 @@ def run_row(run: Run) -> dict:
 
 
 def groups(runs: list[Run]) -> list[tuple[str, list[Run]]]:
-    """Completed runs whose overrides are equal apart from seed and data.fold, in groups of two or more,
-    best mean monitored metric first."""
+    """Completed runs whose overrides are equal apart from seed and data.fold and that differ in seed or
+    fold (two seeds or folds at least; re-runs of one command are no group), best monitored metric first."""
     by_key: dict[tuple, list[Run]] = {}
     for run in runs:
         if run.status == "completed":
@@ -266,29 +297,33 @@ def groups(runs: list[Run]) -> list[tuple[str, list[Run]]]:
             by_key.setdefault(key, []).append(run)
     shared = set(common_overrides(runs))
     named = [(" ".join(o for o in key if o not in shared) or "(all)", members)
-             for key, members in by_key.items() if len(members) > 1]
+             for key, members in by_key.items() if len({_repeat(m) for m in members}) > 1]
     return named  # runs are already sorted, so groups come in order of their best member
 
 
 def aggregate_row(name: str, members: list[Run]) -> dict:
-    """Mean and sample standard deviation of each figure over the group's runs."""
-    row = {"group": name, "runs": len(members)}
+    """Mean and sample standard deviation of each figure over the group's seeds and folds (`runs`: how
+    many); runs that repeat a seed and fold are averaged first, so that each seed or fold counts once."""
+    repeats: dict[tuple, list[dict]] = {}
+    for member in members:
+        repeats.setdefault(_repeat(member), []).append(run_row(member))
+    row = {"group": name, "runs": len(repeats)}
     for column in AGGREGATED:
-        values = [run_row(m).get(column) for m in members]
-        values = [v for v in values if v is not None]
+        per_repeat = [[r[column] for r in rows if r.get(column) is not None] for rows in repeats.values()]
+        values = [statistics.mean(v) for v in per_repeat if v]
         row[column] = statistics.mean(values) if values else None
         row[f"{column}_std"] = statistics.stdev(values) if len(values) > 1 else None
     return row
 
 
-def _format(value) -> str:
+def _format(column: str, value) -> str:
+    """`value` in `column`'s format (COLUMN_FORMATS); text as it is."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
-    if isinstance(value, float):  # metrics (below 1) to 4 decimals, sizes and times to 2 or 1
-        return f"{value:.4f}" if abs(value) < 1 else f"{value:.2f}" if abs(value) < 100 else f"{value:,.1f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    spec = COLUMN_FORMATS.get(column) or (PER_CLASS_FORMAT if column.startswith("f1_") else "{}")
+    return spec.format(value)
 
 
 def _duration(seconds: float | None) -> str:
@@ -298,14 +333,14 @@ def _duration(seconds: float | None) -> str:
     return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
-def _mean_std(mean, std) -> str:
-    return f"{_format(mean)} ± {_format(std)}" if std is not None else _format(mean)
+def _mean_std(column: str, mean, std) -> str:
+    return f"{_format(column, mean)} ± {_format(column, std)}" if std is not None else _format(column, mean)
 
 
 def _markdown(columns: list[str], rows: list[dict]) -> list[str]:
     text = ("run", "group", "status", "error", *PROVENANCE_COLUMNS)
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" if c in text else "---:" for c in columns) + "|"]
-    lines += ["| " + " | ".join(_format(row.get(c)).replace("|", "\\|") for c in columns) + " |" for row in rows]
+    lines += ["| " + " | ".join(_format(c, row.get(c)).replace("|", "\\|") for c in columns) + " |" for row in rows]
     return lines
 
 
@@ -333,9 +368,10 @@ def write_tables(runs: list[Run], out_dir: Path) -> str:
               "training and the test evaluation):", "", *_markdown(list(PROVENANCE_COLUMNS), made)]
     grouped = [aggregate_row(name, members) for name, members in groups(runs)]
     if grouped:
-        mean_std = [{"group": g["group"], "runs": g["runs"], **{c: _mean_std(g[c], g[f"{c}_std"]) for c in AGGREGATED}}
-                    for g in grouped]
-        lines += ["", "Mean ± sample standard deviation over runs that differ only in seed or data.fold:", "",
+        mean_std = [{"group": g["group"], "runs": g["runs"],
+                     **{c: _mean_std(c, g[c], g[f"{c}_std"]) for c in AGGREGATED}} for g in grouped]
+        lines += ["", "Mean ± sample standard deviation over runs that differ only in seed or data.fold (runs: "
+                  "the seeds and folds; runs that repeat a seed and fold count once, averaged):", "",
                   *_markdown(["group", "runs", *AGGREGATED], mean_std)]
         atomic_write_text(_csv(["group", "runs", *[k for c in AGGREGATED for k in (c, f"{c}_std")]], grouped),
                           out_dir / "aggregate.csv")

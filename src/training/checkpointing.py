@@ -10,13 +10,16 @@ evaluate / predict / export need (`meta`: the resolved config, the data descript
 """
 from __future__ import annotations
 
+import json
 import logging
+import shlex
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn as nn
+import yaml
 from omegaconf import DictConfig
 
 from ..checkpoints import load_checkpoint, save_checkpoint
@@ -24,6 +27,7 @@ from ..config import check_arguments, config_differences
 from ..data import DATASET_CLASSES
 from ..data.inputs import ModelInput
 from ..errors import ConfigError, UserError
+from ..fileio import read_text
 from ..models import MODEL_CLASSES
 from ..runtime import distributed as ddp
 from .ema import ModelEma
@@ -156,6 +160,10 @@ class RunCheckpoints:
         if improved:
             save_checkpoint(self.best, {**content, "model": parts.ema.module.state_dict()} if parts.ema else content)
 
+    def best_weights(self) -> dict:
+        """The model weights of the selected epoch (best.pt's), for the test evaluation."""
+        return load_checkpoint(self.best)["model"]
+
     def save_interrupted(self, parts: Resumable, state: FitState, progress: EpochProgress) -> None:
         """Mid-epoch, after Ctrl-C: last.pt with the position in the epoch."""
         if ddp.is_main():
@@ -219,6 +227,48 @@ def checkpoint_to_resume(cfg: DictConfig, run_dir: Path) -> str | None:
     groups = {"model": MODEL_CLASSES, "data": DATASET_CLASSES}
     differences = config_differences(load_checkpoint(path)["meta"].get("config") or {}, cfg, groups)
     if differences:
-        raise UserError(f"checkpoint {path} was trained with other settings ({'; '.join(differences[:4])}); "
-                        "resume with the same overrides as the run that wrote it")
+        command = _command_that_wrote(Path(path))
+        how = (f"resume with the overrides of the run that wrote it: {command} ckpt_path={path}" if command
+               else "resume with the same overrides as the run that wrote it")
+        raise UserError(f"checkpoint {path} was trained with other settings ({'; '.join(differences)}); {how}")
     return str(path)
+
+
+def previous_attempt(cfg: DictConfig, run_dir: Path) -> dict | None:
+    """A sweep job whose directory already holds an attempt (the sweep command re-run with the same
+    hydra.sweep.dir): its metrics when that attempt completed with the same settings, so the job is
+    skipped; when it was interrupted, `resume` is set and the job goes on from its last.pt; None also when
+    there is nothing to go on from (a job that failed before its first epoch runs again)."""
+    last, metrics = run_dir / "checkpoints" / "last.pt", run_dir / "metrics.json"
+    if not last.is_file():
+        return None
+    groups = {"model": MODEL_CLASSES, "data": DATASET_CLASSES, "optim": {}, "sched": {}, "aug": {}, "loss": {},
+              "trainer": {}, "tta": {}}
+    saved = load_checkpoint(last)["meta"].get("config") or {}
+    differences = config_differences(saved, cfg, groups)
+    if saved.get("seed") != cfg.seed:
+        differences.append(f"seed: {saved.get('seed')} → {cfg.seed}")
+    if differences:
+        raise UserError(f"{run_dir} holds a run of this job with other settings ({'; '.join(differences)}): the "
+                        "configs changed since; use another hydra.sweep.dir (or delete that directory)")
+    if metrics.is_file():
+        try:
+            return json.loads(read_text(metrics))
+        except (OSError, ValueError):
+            pass  # damaged: run again
+    cfg.resume, cfg.ckpt_path = True, None
+    return None
+
+
+def _command_that_wrote(path: Path) -> str | None:
+    """The command of the run that wrote <run>/checkpoints/<file>: its overrides as Hydra recorded them
+    (<run>/.hydra/overrides.yaml: for a sweep job, that job's own values), without those that said where to
+    resume from; None when there is no readable record."""
+    try:
+        overrides = yaml.safe_load(read_text(path.parent.parent / ".hydra" / "overrides.yaml"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    if not (isinstance(overrides, list) and all(isinstance(o, str) for o in overrides)):
+        return None
+    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in ("ckpt_path", "resume")]
+    return shlex.join(["python", "-m", "src.train", *kept])

@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ..checkpoints import load_checkpoint
 from ..config import TRAIN_RULES, build, check_model_config, check_optimizer_config, check_values
 from ..data.inputs import ModelInput
 from ..errors import ConfigError, UserError
@@ -27,6 +26,7 @@ from ..models import count_conv_layers, count_parameters, size_mb
 from ..runtime import distributed as ddp
 from ..runtime.run_info import collect_run_info
 from .checkpointing import FitState, RunCheckpoints, checkpoint_to_resume
+from .debugging import DevRunCheckpoints
 from .losses import make_criterion
 from .monitors import Interrupted
 from .tensorboard_logger import NullLogger, flat_hparams
@@ -35,9 +35,11 @@ from .trainer import Recipe, Trainer
 log = logging.getLogger(__name__)
 
 
-def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> dict:
+def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None,
+          overrides: list[str] | None = None) -> dict:
     """Trains as configured; writes checkpoints/, metrics.json, history.csv and TensorBoard events
-    into `run_dir`; returns the metrics.
+    into `run_dir` (a trainer.fast_dev_run writes none of them: see training/debugging.py); returns the metrics.
+    `choices` and `overrides` (Hydra's group choices and command-line overrides) pick the run's HParams.
 
     Under torchrun with trainer=ddp every process runs this with the same run_dir: all train and
     evaluate (on their shares), all get the same metrics, rank 0 alone writes files."""
@@ -54,6 +56,14 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> 
         raise ConfigError(f"tta.crop_size={cfg.tta.crop_size} is invalid: it is larger than the "
                           f"{data.image_size}x{data.image_size} images")
     resume_from = checkpoint_to_resume(cfg, run_dir)
+    dev_run = trainer.debug.fast_dev_run
+    if dev_run and resume_from:
+        raise ConfigError("trainer.fast_dev_run saves nothing and resumes nothing: leave out ckpt_path and resume")
+    if dev_run:
+        trainer.debug.shrink_batches(data)
+        log.warning("fast_dev_run=%d: a smoke test of the whole run with %d train, val and test batches of up to %d "
+                    "images; it writes no metrics.json, history.csv, checkpoints, test report or TensorBoard events",
+                    dev_run, dev_run, data.batch_size)
     main = ddp.is_main()
     if main:
         atomic_write_json(collect_run_info(trainer.device, trainer.precision) | _world(trainer),
@@ -68,30 +78,34 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None) -> 
     inputs = ModelInput.for_training(data.mean, data.std, augment, trainer.channels_last)
     recipe = Recipe(optimizer, schedule, make_criterion(cfg.loss, data.class_counts), inputs, cfg.seed)
     meta = {"config": OmegaConf.to_container(cfg, resolve=True), "data": data.describe(), "input_size": inputs.crop}
-    checkpoints = RunCheckpoints(run_dir / "checkpoints", meta)
-    logger = build(cfg.logger, log_dir=run_dir) if main else NullLogger()
+    checkpoints = DevRunCheckpoints() if dev_run else RunCheckpoints(run_dir / "checkpoints", meta)
+    logger = build(cfg.logger, log_dir=run_dir) if main and not dev_run else NullLogger()
     try:
         fit_started = time.perf_counter()
-        state = trainer.fit(model, data, recipe, checkpoints, logger, resume_from)
+        state = trainer.fit(model, data, recipe, checkpoints, logger, resume_from, str(run_dir / "profile"))
         fit_seconds = time.perf_counter() - fit_started
         # Ctrl-C from here on: training is over and best.pt is complete; say so in one sentence.
-        with _ctrl_c_raises(Interrupted(f"interrupted during the test evaluation; training finished and "
+        with _ctrl_c_raises(Interrupted("interrupted during the test evaluation of a fast_dev_run" if dev_run else
+                                        f"interrupted during the test evaluation; training finished and "
                                         f"{checkpoints.best} holds the selected epoch: python -m src.evaluate "
                                         f"ckpt_path={run_dir} tests it")):
             # Honest evaluation: the checkpoint selected on val, evaluated on test once.
             ddp.barrier()  # rank 0 has written best.pt
-            model.load_state_dict(load_checkpoint(checkpoints.best)["model"])
-            test = None
-            if "test" in data.splits:
+            model.load_state_dict(checkpoints.best_weights())
+            test, test_split = None, trainer.debug.split(data, "test")  # all of it, or limit_test_batches' part
+            if test_split is not None:
                 predictor = trainer.predictor(model, inputs, cfg.tta.mode, cfg.tta.crop_size, data.eval_batch_size)
-                test = evaluate_split(predictor, data.splits["test"], data.classes)
+                test = evaluate_split(predictor, test_split, data.classes, "test")
             metrics = _metrics(cfg, trainer, model, state, test, data.classes) | {
                 # wall-clock seconds of the training (all epochs with their validation; of a resumed run,
                 # those it trained) and of the whole run (data loading, training, test evaluation)
                 "train/time_s": round(fit_seconds, 1), "run_time_s": round(time.perf_counter() - run_started, 1)}
-            if main:  # the other ranks have the same metrics; rank 0 writes them
+            if main and dev_run:
+                log.warning("fast_dev_run: the run went through training, validation and the test evaluation; "
+                            "it saved no results (no metrics.json, history.csv, checkpoints or test report)")
+            elif main:  # the other ranks have the same metrics; rank 0 writes them
                 _write_results(run_dir, metrics, state, test, data.classes, trainer, logger)
-                logger.log_hparams(flat_hparams(cfg, choices), _hparam_metrics(metrics))
+                logger.log_hparams(flat_hparams(cfg, choices, overrides))
     finally:
         logger.close()
     return metrics
@@ -127,12 +141,6 @@ def _metrics(cfg: DictConfig, trainer: Trainer, model, state: FitState, test: Ev
     }
 
 
-def _hparam_metrics(metrics: dict) -> dict:
-    """The metrics of the HParams tab: the summary metrics on val and test."""
-    keys = [f"{split}/{name}" for split in ("val", "test") for name in SUMMARY_METRICS]
-    return {f"hparam/{k.replace('/', '_')}": metrics[k] for k in keys if metrics.get(k) is not None}
-
-
 def _write_results(run_dir: Path, metrics: dict, state: FitState, test: Evaluation | None, classes: list[str],
                    trainer: Trainer, logger) -> None:
     """metrics.json, history.csv and the test report (figures, per-class table, predictions)."""
@@ -146,9 +154,15 @@ def _write_results(run_dir: Path, metrics: dict, state: FitState, test: Evaluati
         write_split_report(run_dir, test, classes, f"test, best epoch {state.best_epoch}")
         logger.log_confusion_matrix("test/confusion_matrix", test.metrics["confusion_matrix"], classes,
                                     state.best_epoch)
-        log.info("Test (best epoch %d by %s, tta=%s): acc %.4f, macro-F1 %.4f, balanced acc %.4f\n%s",
+        # At the selected epoch's step: the test columns of TensorBoard's HParams row, beside the val curves.
+        logger.log_scalars({f"test/{name}": test.metrics[name] for name in SUMMARY_METRICS
+                            if test.metrics[name] is not None}, state.best_epoch)
+        log.info("Test (best epoch %d by %s, tta=%s): acc %.4f, macro-F1 %.4f, balanced acc %.4f",
                  state.best_epoch, trainer.monitor, metrics["tta"], test.metrics["acc"], test.metrics["macro_f1"],
-                 test.metrics["balanced_acc"], per_class_table(test.metrics["per_class"], test.metrics["roc_auc"]))
+                 test.metrics["balanced_acc"])
+        # In a sweep: in the job's train.log, not on the console (src/entry.py)
+        log.info("Test per class:\n%s", per_class_table(test.metrics["per_class"], test.metrics["roc_auc"]),
+                 extra={"file_only": True})
 
 
 @contextmanager

@@ -1,9 +1,10 @@
 """What watches the training steps without being part of them: the epoch's running sums and throughput,
-the non-finite-loss guard, Ctrl-C, the progress bar and the first-step log line.
+the non-finite-loss guard, Ctrl-C, the progress (a bar on terminals, a log line every
+trainer.log_every_s seconds elsewhere) and the first-step log line.
 
 None of them synchronizes with the device per step: loss and accuracy are summed on the device, the
-"loss became NaN or infinite" flag is a device tensor read every CHECK_EVERY steps, and the progress bar
-reads the sums at most once a second.
+"loss became NaN or infinite" flag is a device tensor read every CHECK_EVERY steps, and the progress
+reads the sums at most once a second (the bar) or once per progress line.
 """
 from __future__ import annotations
 
@@ -11,13 +12,17 @@ import logging
 import signal
 import threading
 import time
+from typing import TYPE_CHECKING
 
 import torch
-from tqdm import tqdm
 
 from ..errors import UserError
+from ..progress import DEFAULT_EVERY_S, Progress
 from ..runtime import distributed as ddp
 from ..runtime.devices import seconds_since_process_start, synchronize
+
+if TYPE_CHECKING:
+    from .checkpointing import EpochProgress
 
 log = logging.getLogger(__name__)
 
@@ -105,10 +110,10 @@ class EpochMeter:
         return int(seen), loss_sum, int(correct)
 
     def running(self) -> dict:
-        """The progress bar's figures (reads the device sums)."""
+        """The progress figures (reads the device sums)."""
         seen = max(self.seen, 1)
         return {"loss": f"{self.loss_sum.item() / seen:.3f}", "acc": f"{self.correct.item() / seen:.3f}",
-                "img_s": f"{(self.seen - self.carried_seen) / (time.perf_counter() - self.start):.0f}"}
+                "img/s": f"{(self.seen - self.carried_seen) / (time.perf_counter() - self.start):.0f}"}
 
     def result(self) -> dict:
         """The epoch's train/loss, train/acc (over every rank's samples), time and images/s (all ranks)."""
@@ -124,21 +129,26 @@ class EpochMeter:
 
 
 class ProgressBar:
-    """A per-epoch bar on terminals (rank 0 only), its figures refreshed at most once a second."""
+    """The progress of an epoch of `total` batches from where `epoch` stands (a resumed epoch: mid-way),
+    rank 0 only (src/progress.py): a bar on terminals (`enabled`), elsewhere a log line every `every_s`
+    seconds with the batch, rate, ETA, loss, accuracy and images/s. The meter's device sums are read at
+    most once a second (the bar) or once per line."""
 
-    def __init__(self, total: int, done: int, description: str, enabled: bool):
-        self.bar = tqdm(total=total, initial=done, desc=description, unit="batch", leave=False, dynamic_ncols=True,
-                        disable=None if enabled and ddp.is_main() else True)
-        self.last = time.perf_counter()
+    def __init__(self, total: int, epoch: EpochProgress, epochs: int, enabled: bool,
+                 every_s: float = DEFAULT_EVERY_S):
+        self.meter: EpochMeter | None = None
+        self.progress = Progress(total, f"epoch {epoch.epoch}/{epochs}", "batch", epoch.batches_done, every_s,
+                                 enabled, log, self._figures)
+
+    def _figures(self) -> dict:
+        return self.meter.running() if self.meter is not None else {}
 
     def step(self, meter: EpochMeter) -> None:
-        self.bar.update(1)
-        if not self.bar.disable and time.perf_counter() - self.last > 1.0:
-            self.last = time.perf_counter()
-            self.bar.set_postfix(**meter.running())
+        self.meter = meter
+        self.progress.update(1)
 
     def close(self) -> None:
-        self.bar.close()
+        self.progress.close()
 
 
 class FirstStepLog:

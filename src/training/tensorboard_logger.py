@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -27,13 +28,17 @@ class TensorBoardLogger:
 
     def log_scalars(self, metrics: dict[str, float], step: int) -> None:
         for tag, value in metrics.items():
-            self.writer.add_scalar(tag, value, step)
+            self.writer.add_scalar(TAGS.get(tag, tag), value, step)
 
     def log_confusion_matrix(self, tag: str, matrix: list[list[int]], classes: list[str], step: int) -> None:
         self.writer.add_figure(tag, confusion_matrix_figure(matrix, classes, tag), step, close=True)
 
-    def log_hparams(self, hparams: dict, metrics: dict[str, float]) -> None:
-        """One row in the HParams tab: the run's hyper-parameters with its final metrics.
+    def log_hparams(self, hparams: dict) -> None:
+        """One row in the HParams tab: the run's hyper-parameters (see flat_hparams).
+
+        The row's metric columns are the run's own scalars (TensorBoard reads the last value of every
+        tag): val/* of the last epoch, test/* of the selected epoch (logged once, at its step). No scalar
+        is written here, so the Time Series tab has no single-point cards of copies.
 
         Only the session start and end are written (into the run's own event file, which links the row
         to the run's scalars). The experiment summary that SummaryWriter.add_hparams also writes is left
@@ -42,34 +47,86 @@ class TensorBoardLogger:
         """
         from torch.utils.tensorboard.summary import hparams as hparams_summary
 
-        _, start, end = hparams_summary(hparams, metrics)
+        _, start, end = hparams_summary(hparams, {})
         for summary in (start, end):
             self.writer.file_writer.add_summary(summary)
-        for tag, value in metrics.items():
-            self.writer.add_scalar(tag, value, 0)
 
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
 
 
-def flat_hparams(cfg: DictConfig, choices: dict | None) -> dict:
-    """Hyper-parameters for TensorBoard's HParams tab: group choices and every scalar setting."""
-    flat = {f"choice/{group}": str(option) for group, option in (choices or {}).items()
-            if not group.startswith("hydra") and option is not None}
+# history.csv's keys that get another tag in TensorBoard. The HParams tab shows the first five metric
+# columns in tag order; a top-level `lr` sorts before every metric and shows the end of the schedule (0
+# after a cosine), so it goes with the training curves. The peak lr is the hyper-parameter optim.lr.
+TAGS = {"lr": "train/lr"}
+
+# Keys that say where files are, how a run is shown or how it is resumed, never what was trained: left out
+# of HParams even when given on the command line, as are the groups and keys of SKIPPED_GROUPS.
+BOOKKEEPING_KEYS = ("ckpt_path", "resume", "data.root", "data.csv", "data.cache_dir", "data.download",
+                    "trainer.progress_bar")
+SKIPPED_GROUPS = ("hydra", "paths", "logger")
+# The settings that define an experiment: in HParams whether or not they were given on the command line.
+# The other keys (the device and what only changes speed or memory: trainer.device, channels_last, compile,
+# warmup_batches, limit_train_batches, data.eval_batch_size, data.max_device_bytes, data.on_bad_image, and
+# model.input_size, which repeats data.image_size) are in HParams only when given on the command line.
+EXPERIMENT_KEYS = ("seed", "loss.", "data.", "model.", "aug.", "optim.", "sched.", "tta.", "trainer.max_epochs",
+                   "trainer.precision", "trainer.gradient_clip_val", "trainer.monitor",
+                   "trainer.early_stopping_patience", "trainer.ema_decay")
+RUN_MECHANICS_KEYS = ("data.eval_batch_size", "data.max_device_bytes", "data.on_bad_image", "model.input_size")
+
+
+def _among(key: str, patterns: tuple[str, ...]) -> bool:
+    """`key` is one of `patterns` or below one that ends with a dot."""
+    return any(key == p or (p.endswith(".") and key.startswith(p)) for p in patterns)
+
+
+def flat_hparams(cfg: DictConfig, choices: dict | None, overrides: list[str] | None = None) -> dict:
+    """Hyper-parameters for TensorBoard's HParams tab: what a person compares, nothing of bookkeeping.
+
+    In this order: the keys given on the command line (`overrides`, Hydra's task overrides: the ones a sweep
+    varies), the group choices (`choice/<group>`), then the settings that define the experiment
+    (EXPERIMENT_KEYS). Left out: BOOKKEEPING_KEYS always; keys that are null (unset) or without effect
+    (data.fold without data.folds), unless given on the command line. TensorBoard sorts the columns itself:
+    those whose values differ across the runs shown first, and shows the first five."""
+    choices = {group: str(option) for group, option in (choices or {}).items()
+               if option is not None and group.split("/")[0] not in SKIPPED_GROUPS}
+    settings: dict = {}
 
     def walk(node, prefix: str) -> None:
         for key, value in node.items():
-            if str(key).startswith("_") or key == "cache_dir":
+            if str(key).startswith("_"):
                 continue
-            if isinstance(value, dict):
+            if isinstance(value, dict) and value:
                 walk(value, f"{prefix}{key}.")
             else:
-                flat[f"{prefix}{key}"] = value if isinstance(value, int | float | str | bool) else str(value)
+                settings[f"{prefix}{key}"] = value
 
     container = OmegaConf.to_container(cfg, resolve=True)
-    walk({k: v for k, v in container.items() if k not in ("paths", "logger")}, "")
-    return flat
+    walk(container, "")
+    given: dict = {}  # command-line keys, in command-line order
+    for override in overrides or []:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if re.split(r"[./]", key)[0] in SKIPPED_GROUPS or _among(key, BOOKKEEPING_KEYS):
+            continue
+        if key in choices:
+            given[f"choice/{key}"] = choices[key]
+        else:
+            given |= {k: v for k, v in settings.items() if k == key or k.startswith(key + ".")}
+    inactive = {"data.fold", "data.group_regex"} if (container.get("data") or {}).get("folds") is None else set()
+    defining = {k: v for k, v in settings.items()
+                if _among(k, EXPERIMENT_KEYS) and not _among(k, BOOKKEEPING_KEYS + RUN_MECHANICS_KEYS)
+                and v is not None and k not in inactive}
+    flat = given | {f"choice/{group}": option for group, option in choices.items()} | defining
+    return {key: _scalar(value) for key, value in flat.items()}
+
+
+def _scalar(value):
+    """An HParams value: a number or a string as it is; booleans, null and lists as text (TensorBoard would
+    show a boolean as 0 or 1)."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return value if isinstance(value, int | float | str) else str(value)
 
 
 class NullLogger:
@@ -84,7 +141,7 @@ class NullLogger:
     def log_confusion_matrix(self, tag: str, matrix: list[list[int]], classes: list[str], step: int) -> None:
         pass
 
-    def log_hparams(self, hparams: dict, metrics: dict[str, float]) -> None:
+    def log_hparams(self, hparams: dict) -> None:
         pass
 
     def close(self) -> None:

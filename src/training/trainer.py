@@ -23,8 +23,10 @@ from ..evaluation.split_evaluation import evaluate_split
 from ..runtime import distributed as ddp
 from ..runtime.devices import autocast, resolve_device, resolve_precision
 from .checkpointing import EpochProgress, FitState, Resumable, RunCheckpoints
+from .debugging import DebugModes
 from .ema import ModelEma
 from .monitors import CHECK_EVERY, EpochMeter, FirstStepLog, Interrupted, ProgressBar, StopOnSigint
+from .profiling import NoProfiler
 from .tensorboard_logger import NullLogger
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,7 @@ class _Run:
     recipe: Recipe
     num_classes: int
     first_step: FirstStepLog
+    profiler: NoProfiler      # trainer.profile's torch.profiler, or one that does nothing
 
 
 def fused_on_cuda(optimizer, device: torch.device) -> dict:
@@ -75,13 +78,13 @@ class Trainer:
         channels_last: NHWC memory format for model and inputs (faster convolutions on CPU and GPU).
         compile: wrap the model in torch.compile.
         max_epochs: epochs to train.
-        limit_train_batches: stop each epoch after this many batches (int) or this fraction (float);
-            for smoke runs.
+        limit_train_batches, limit_val_batches, limit_test_batches, overfit_batches, fast_dev_run, profile: the
+            debugging modes (smoke runs, learning a few batches by heart, the profiler): see debugging.py.
         gradient_clip_val: clip the global gradient norm to this value (0 = off).
         monitor: the val metric that selects best.pt (and drives plateau schedules, early stopping).
         early_stopping_patience: stop after this many epochs without improvement (null = never).
         warmup_batches: batches per epoch left out of the images/s measurement.
-        progress_bar: show a per-epoch progress bar on terminals.
+        progress_bar: a per-epoch bar on terminals (elsewhere a log line every `log_every_s` s; 0 = none).
         distributed: DistributedDataParallel over the processes of a torchrun launch (trainer=ddp); each
             trains on its share of every epoch with batches of data.batch_size (the global batch is
             data.batch_size * processes). Without torchrun, one process trains alone.
@@ -91,18 +94,20 @@ class Trainer:
 
     def __init__(self, device: str = "auto", precision: str = "auto", channels_last: bool = True,
                  compile: bool = False, max_epochs: int = 30, limit_train_batches: int | float | None = None,
-                 gradient_clip_val: float = 0.0, monitor: str = "val/acc",
+                 limit_val_batches: int | float | None = None, limit_test_batches: int | float | None = None,
+                 overfit_batches: int | float = 0, fast_dev_run: bool | int = False, profile: bool = False,
+                 gradient_clip_val: float = 0.0, monitor: str = "val/acc", log_every_s: float = 30.0,
                  early_stopping_patience: int | None = None, warmup_batches: int = 2, progress_bar: bool = True,
                  distributed: bool = False, backend: str = "auto", ema_decay: float | None = None):
-        limit = limit_train_batches
+        self.debug = DebugModes(limit_train_batches, limit_val_batches, limit_test_batches, overfit_batches,
+                                fast_dev_run, profile)
         checks = [
             (max_epochs >= 1, "max_epochs", max_epochs, "must be at least 1"),
             (monitor in MONITORS, "monitor", monitor, f"must be one of {', '.join(MONITORS)}"),
-            (limit is None or (isinstance(limit, int) and limit >= 1) or (isinstance(limit, float) and 0 < limit <= 1),
-             "limit_train_batches", limit, "must be a number of batches >= 1 or a fraction in (0, 1]"),
             (early_stopping_patience is None or early_stopping_patience >= 0, "early_stopping_patience",
              early_stopping_patience, "must be >= 0 (epochs without improvement), or null (never stop early)"),
             (warmup_batches >= 0, "warmup_batches", warmup_batches, "must be >= 0"),
+            (log_every_s >= 0, "log_every_s", log_every_s, "must be >= 0 seconds (0: no progress lines)"),
             (gradient_clip_val >= 0, "gradient_clip_val", gradient_clip_val, "must be >= 0"),
         ]
         for ok, key, value, rule in checks:
@@ -116,10 +121,10 @@ class Trainer:
         self.precision = resolve_precision(precision, self.device)
         self.world_size = ddp.init(backend, self.device) if distributed else 1
         self.channels_last, self.compile = channels_last, compile
-        self.max_epochs, self.limit_train_batches = max_epochs, limit_train_batches
+        self.max_epochs = 1 if self.debug.fast_dev_run else max_epochs
         self.gradient_clip_val, self.monitor = gradient_clip_val, monitor
         self.early_stopping_patience = early_stopping_patience
-        self.warmup_batches, self.progress_bar = warmup_batches, progress_bar
+        self.warmup_batches, self.progress_bar, self.log_every_s = warmup_batches, progress_bar, log_every_s
         self.ema_decay = ema_decay
         if ema_decay is not None:
             ModelEma(nn.Identity(), ema_decay)  # checks the value now, before any data is read
@@ -131,34 +136,27 @@ class Trainer:
     def predictor(self, model: nn.Module, inputs: ModelInput, tta: str = "none", crop_size: int | None = None,
                   batch_size: int = 512) -> Predictor:
         """`model` on this trainer's device and precision, its inputs made as in training."""
-        return Predictor(model, inputs, self.device, self.precision, tta, crop_size, batch_size)
+        return Predictor(model, inputs, self.device, self.precision, tta, crop_size, batch_size, self.log_every_s)
 
     def evaluate(self, model: nn.Module, data: ImageData, inputs: ModelInput, split: str) -> dict | None:
-        """Metrics of one split (see evaluation.evaluate_split), or None if the data has no such split."""
-        if split not in data.splits:
+        """Metrics of a split (val, test cut by limit_val/test_batches: DebugModes.split), or None if there is none."""
+        part = self.debug.split(data, split)
+        if part is None:
             return None
         predictor = self.predictor(model, inputs, batch_size=data.eval_batch_size)
-        return evaluate_split(predictor, data.splits[split], data.classes).metrics
+        return evaluate_split(predictor, part, data.classes, split).metrics
 
     # -- training ------------------------------------------------------------------------------------
 
-    def _steps_per_epoch(self, loader: DeviceLoader) -> int:
-        limit = self.limit_train_batches
-        if limit is None:
-            return len(loader)
-        if isinstance(limit, float):
-            return max(1, int(len(loader) * limit))
-        return min(limit, len(loader))
-
-    def _start(self, model: nn.Module, data: ImageData, recipe: Recipe) -> _Run:
+    def _start(self, model: nn.Module, data: ImageData, recipe: Recipe, profile_dir: str | None) -> _Run:
         model.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
         recipe.criterion.to(self.device)
         if not recipe.schedule.per_batch and "val" not in data.splits:
             raise ConfigError("sched=plateau needs a validation split; set data.val_split > 0")
-        loader = data.train_loader(self.device, recipe.seed)
+        loader = self.debug.train_loader(data, self.device, recipe.seed)  # all of train, or overfit_batches'
         if self.world_size > 1:
             loader.shard(ddp.rank(), self.world_size)
-        steps = self._steps_per_epoch(loader)
+        steps = self.debug.train_steps(len(loader))
         optimizer = recipe.optimizer(model.parameters(), **fused_on_cuda(recipe.optimizer, self.device))
         recipe.inputs.seed(recipe.seed, self.device)
         step_model = ddp.wrap(model, self.device)
@@ -170,14 +168,15 @@ class Trainer:
             batch_order=loader.generator, inputs=recipe.inputs, device=self.device,
             ema=ModelEma(model, self.ema_decay) if self.ema_decay is not None else None)
         return _Run(parts, torch.compile(step_model) if self.compile else step_model, loader, steps, recipe,
-                    len(data.classes), FirstStepLog())
+                    len(data.classes), FirstStepLog(), self.debug.profiler(profile_dir, self.device, steps))
 
     def fit(self, model: nn.Module, data: ImageData, recipe: Recipe, checkpoints: RunCheckpoints,
-            logger=None, resume_from: str | None = None) -> FitState:
+            logger=None, resume_from: str | None = None, profile_dir: str | None = None) -> FitState:
         """Trains `model` for max_epochs; checkpoints/last.pt every epoch and best.pt on improvement of the
         monitored val metric. Returns the final FitState (best epoch, per-epoch history). Ctrl-C (SIGINT)
-        stops after the current batch, saves last.pt (resumable mid-epoch) and raises Interrupted."""
-        run, logger = self._start(model, data, recipe), logger or NullLogger()
+        stops after the current batch, saves last.pt (resumable mid-epoch) and raises Interrupted.
+        trainer.profile writes its trace into `profile_dir` (none without one)."""
+        run, logger = self._start(model, data, recipe, profile_dir), logger or NullLogger()
         state, progress = FitState(), None
         if resume_from:
             state, progress = checkpoints.resume(resume_from, run.parts, data.classes)
@@ -190,7 +189,7 @@ class Trainer:
         if self.world_size > 1:
             log.info("%d processes, each on its share of every epoch: global batch %d", self.world_size,
                      data.batch_size * self.world_size)
-        with StopOnSigint() as stop:
+        with StopOnSigint() as stop, run.profiler:
             for epoch in range(state.epoch + 1, self.max_epochs + 1):
                 progress = progress or EpochProgress(epoch, shuffle_state=run.loader.generator.get_state())
                 train = self._train_epoch(run, progress, stop)
@@ -252,8 +251,7 @@ class Trainer:
         parts.model.train()
         meter = EpochMeter(self.device, self.warmup_batches, progress.batches_done,
                            (progress.seen, progress.loss_sum, progress.correct))
-        bar = ProgressBar(run.steps, progress.batches_done, f"epoch {progress.epoch}/{self.max_epochs}",
-                          self.progress_bar)
+        bar = ProgressBar(run.steps, progress, self.max_epochs, self.progress_bar, self.log_every_s)
         run.loader.generator.set_state(progress.shuffle_state)
         for i, (images, labels) in enumerate(run.loader.iterate(progress.batches_done), start=progress.batches_done):
             if i == run.steps:
@@ -274,6 +272,7 @@ class Trainer:
             if recipe.schedule.per_batch:
                 parts.scheduler.step()
             meter.update(i, loss.detach(), logits.detach(), labels)
+            run.profiler.step()
             bar.step(meter)
             run.first_step.after_step(self.device)
             at_check = (i + 1) % CHECK_EVERY == 0 or i + 1 == run.steps

@@ -1,0 +1,106 @@
+"""The comparison tables of `python -m src.report` and the sweep callback (src/reporting/comparison.py), from
+run directories written here: what is aggregated over seeds, how rows are named, how numbers are printed."""
+from __future__ import annotations
+
+import csv
+import json
+import re
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+
+from src.reporting.comparison import collect_runs, write_comparison
+
+
+def make_run(path: Path, overrides: list[str], seed: int, acc: float, **metrics) -> Path:
+    """A finished run as the runner leaves it, as far as the report reads it: .hydra/overrides.yaml,
+    run_info.json and metrics.json."""
+    (path / ".hydra").mkdir(parents=True)
+    (path / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (path / "run_info.json").write_text(json.dumps({"command": "python -m src.train " + " ".join(overrides),
+                                                    "device": "cpu"}))
+    record = {"monitor": "val/acc", "best_epoch": 3, "seed": seed, "val/acc": acc, "val/macro_f1": acc / 2,
+              "test/acc": acc, "test/macro_f1": acc / 2, "model/params": 61451, "model/size_mb": 0.235,
+              "model/conv_layers": 2, "train/epoch_time_s": 1.25, "train/images_per_s": 1234.5,
+              "test/per_class": {"cat": {"precision": acc, "recall": acc, "f1": acc, "support": 4}}} | metrics
+    (path / "metrics.json").write_text(json.dumps(record))
+    return path
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def markdown_table(markdown: str, header_start: str) -> tuple[list[str], list[list[str]]]:
+    """The columns and the rows of the table whose header line starts with `header_start`."""
+    lines = markdown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header_start))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return [c.strip() for c in lines[start].strip("|").split("|")], rows
+
+
+def test_identical_reruns_are_not_aggregated_and_are_told_apart(tmp_path):
+    first = make_run(tmp_path / "first" / "job", ["model.dropout=0", "seed=1"], 1, 0.5)
+    second = make_run(tmp_path / "second" / "job", ["model.dropout=0", "seed=1"], 1, 0.5)
+    make_run(tmp_path / "other", ["model.dropout=0.2", "seed=1"], 1, 0.25)
+    runs = collect_runs([tmp_path / "first", tmp_path / "second", tmp_path / "other"])
+    names = {run.dir: run.name for run in runs}
+    # the same overrides and the same directory name: the parent folder tells them apart
+    assert names[first] == "model.dropout=0 (first/job)" and names[second] == "model.dropout=0 (second/job)"
+    assert names[tmp_path / "other"] == "model.dropout=0.2"
+    markdown = write_comparison(runs, tmp_path / "report", plots=False)
+    assert not (tmp_path / "report" / "aggregate.csv").exists()
+    assert "±" not in markdown
+    assert {r["run"] for r in read_csv(tmp_path / "report" / "summary.csv")} == set(names.values())
+
+
+def test_seeds_are_aggregated_and_a_repeated_seed_counts_once(tmp_path):
+    make_run(tmp_path / "s1", ["seed=1"], 1, 0.5)
+    make_run(tmp_path / "s1_again", ["seed=1"], 1, 0.7)
+    make_run(tmp_path / "s2", ["seed=2"], 2, 0.3)
+    make_run(tmp_path / "default_seed", [], 0, 0.4)  # seed 0 from the config: another seed
+    runs = collect_runs([tmp_path])
+    assert sorted(run.name for run in runs) == ["default_seed", "seed=1 (s1)", "seed=1 (s1_again)", "seed=2"]
+    write_comparison(runs, tmp_path / "report", plots=False)
+    (group,) = read_csv(tmp_path / "report" / "aggregate.csv")
+    per_seed = [statistics.mean([0.5, 0.7]), 0.3, 0.4]
+    assert group["group"] == "(all)" and group["runs"] == "3"  # seeds 0, 1 and 2
+    assert float(group["test_acc"]) == pytest.approx(statistics.mean(per_seed))
+    assert float(group["test_acc_std"]) == pytest.approx(statistics.stdev(per_seed))
+
+
+def test_each_column_of_the_tables_has_one_number_format(tmp_path):
+    """Formats follow the column, not each value's size: accuracy 1.0 is 1.0000 beside 0.2500, a 150 MB
+    model has two decimals like a 0.2 MB one."""
+    make_run(tmp_path / "a", ["model.dropout=0", "seed=1"], 1, 1.0, **{
+        "model/size_mb": 150.25, "model/params": 61_451_000, "train/epoch_time_s": 0.5,
+        "train/images_per_s": 99.25})
+    make_run(tmp_path / "b", ["model.dropout=0", "seed=2"], 2, 0.25, **{
+        "model/size_mb": 0.235, "train/epoch_time_s": 123.4, "train/images_per_s": 12345.6})
+    make_run(tmp_path / "c", ["model.dropout=0.2", "seed=1"], 1, 0.125)
+    markdown = write_comparison(collect_runs([tmp_path]), tmp_path / "report", plots=False)
+    metric = r"\d\.\d{4}"
+    formats = {"params": r"\d{1,3}(,\d{3})*", "size_mb": r"[\d,]+\.\d\d", "conv_layers": r"\d+",
+               "epoch_time_s": r"[\d,]+\.\d", "images_per_s": r"[\d,]+\.\d", "best_epoch": r"\d+",
+               "val_acc": metric, "val_macro_f1": metric, "test_acc": metric, "test_macro_f1": metric,
+               "f1_cat": metric, "runs": r"\d+"}
+    columns, rows = markdown_table(markdown, "| run | status |")
+    assert len(rows) == 3
+    for row in rows:
+        for column, cell in zip(columns, row):
+            if column in formats:
+                assert re.fullmatch(formats[column], cell), (column, cell)
+    assert rows[0][columns.index("test_acc")] == "1.0000" and rows[0][columns.index("size_mb")] == "150.25"
+    columns, rows = markdown_table(markdown, "| group | runs |")
+    assert len(rows) == 1  # model.dropout=0 over seeds 1 and 2
+    for column, cell in zip(columns, rows[0]):
+        if column in formats:  # mean ± std, both in the column's format
+            parts = cell.split(" ± ") if column != "runs" else [cell]
+            assert all(re.fullmatch(formats[column], part) for part in parts), (column, cell)
