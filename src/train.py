@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from .entry import CONFIG_DIR, discard_if_empty, run_or_exit
 from .runtime import distributed
-from .runtime.gpu_claim import gpu_for_sweep_job
+from .runtime.sweep_jobs import cpu_threads_for_sweep_job, gpu_for_sweep_job
 from .training.checkpointing import previous_attempt
 from .training.experiment import train
 
@@ -29,6 +29,7 @@ def main(cfg: DictConfig) -> float | None:
     distributed.quiet_other_ranks()
     hydra_cfg = HydraConfig.get()
     run_dir = hydra_cfg.runtime.output_dir
+    cpu_threads_for_sweep_job(cfg, hydra_cfg)
     with gpu_for_sweep_job(cfg, hydra_cfg):
         # A run stopped by an error before it trained leaves no empty run directory (rank 0 owns it).
         cleanup = (lambda: discard_if_empty(run_dir)) if distributed.launched_rank() == 0 else None

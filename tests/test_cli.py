@@ -60,6 +60,7 @@ def test_help_lists_the_groups():
             assert option in line, f"--help does not list {group}={option}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("entry", "keys"), [("evaluate", ["ckpt_path:", "split:", "embed:", "tta:"]),
                                              ("predict", ["ckpt_path:", "images:", "top_k:", "output:"]),
                                              ("export", ["ckpt_path:", "format:", "output:"])])
@@ -87,6 +88,7 @@ def test_cfg_job_prints_the_composed_config():
     assert "group_width: 32" in result.stdout
 
 
+@pytest.mark.slow  # in-process in tests/test_trust.py; here as a real process
 def test_data_error_exits_2_with_one_sentence(tmp_path):
     missing = tmp_path / "no_such_dataset"
     result = run_train("data=folder", f"data.root={quote(missing)}", "logger=none", *output_args(tmp_path),
@@ -97,6 +99,7 @@ def test_data_error_exits_2_with_one_sentence(tmp_path):
     assert "Traceback" not in output
 
 
+@pytest.mark.slow  # in-process in tests/test_trust.py; here as a real process
 def test_config_error_exits_2_with_one_sentence(tmp_path):
     data = write_dataset(tmp_path / "data", per_class=2, size=16)
     result = run_train("data=folder", f"data.root={quote(data)}", "data.val_split=1.5", "logger=none",
@@ -113,6 +116,7 @@ def run_entry(entry: str, *args: str, cwd: Path = ROOT, timeout: float = 120) ->
                           text=True, timeout=timeout)
 
 
+@pytest.mark.slow  # the same code in-process: tests/test_evaluate.py, tests/test_trust.py
 def test_evaluate_and_predict_commands(tmp_path):
     """The evaluate and predict entrypoints as a user runs them, on a checkpoint of a tiny training."""
     from src.training.experiment import train

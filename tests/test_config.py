@@ -272,3 +272,13 @@ def test_criterion_rejects_bad_values(loss, key):
 def test_trainer_rejects_bad_values(kwargs, key):
     with pytest.raises(ConfigError, match=key):
         Trainer(**{"device": "cpu", **kwargs})
+
+
+def test_trainer_threads_sets_the_cpu_threads_of_the_process():
+    try:
+        Trainer(device="cpu", threads=2)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)  # as conftest.py sets it
+    with pytest.raises(ConfigError, match="trainer.threads=0"):
+        Trainer(device="cpu", threads=0)

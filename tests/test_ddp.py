@@ -96,6 +96,7 @@ def test_two_processes_train_one_run_equal_to_one_process_with_the_global_batch(
             assert metrics[key] == (pytest.approx(value, abs=1e-5) if isinstance(value, float) else value), key
 
 
+@pytest.mark.slow
 def test_torchrun_with_a_single_process_trainer_is_a_clear_error(tmp_path, data_root):
     out = tmp_path / "out"
     result = torchrun(*fast_overrides(data_root, tmp_path / "cache"), f"paths.output_dir={quote(out)}")

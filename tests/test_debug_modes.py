@@ -47,9 +47,9 @@ def spy_train_batches(monkeypatch) -> list[int]:
     sizes = []
 
     class CountingMeter(trainer_module.EpochMeter):
-        def update(self, step, loss, logits, labels):
+        def update(self, step, lr, loss, logits, labels):
             sizes.append(len(labels))
-            super().update(step, loss, logits, labels)
+            super().update(step, lr, loss, logits, labels)
 
     monkeypatch.setattr(trainer_module, "EpochMeter", CountingMeter)
     return sizes

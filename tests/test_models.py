@@ -109,13 +109,18 @@ def test_parameter_count(name):
     assert count_parameters(build(name)) == PARAMETERS[name]
 
 
-@pytest.mark.parametrize("name", MODELS)
+# The two widest networks take seconds per pass on a CPU: they run with -m slow.
+HEAVY = ("tv_wide_resnet50_2", "wrn28_10")
+BY_WEIGHT = [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in MODELS]
+
+
+@pytest.mark.parametrize("name", BY_WEIGHT)
 @pytest.mark.parametrize("shape", [(2, 1, 48, 48), (2, 3, 32, 32)], ids=["48x48x1", "32x32x3"])
 def test_forward_backward_small_inputs(name, shape):
     check_forward_backward(build(name, num_classes=5, in_channels=shape[1]), shape, 5)
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", BY_WEIGHT)
 def test_forward_224(name):
     """At 224 px, built as training at that size builds it (stem=auto then picks the ImageNet stem)."""
     kwargs = {"input_size": 224} if "input_size" in load(name) else {}

@@ -15,6 +15,8 @@ import pytest
 
 from tests.helpers import write_dataset
 
+pytestmark = pytest.mark.slow  # subprocesses that import torchvision (tests/test_bench.py runs the loop once)
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "src" / "runtime" / "reference_loop.py"
 # Another copy of the yardstick to agree with, when the environment names one (src.bench reads it too).

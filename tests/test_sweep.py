@@ -71,6 +71,7 @@ def test_multirun_writes_one_directory_per_job_named_by_its_overrides(sweep_2x2)
     assert all((d / "metrics.json").is_file() for d in job_dirs(sweep_2x2))
 
 
+@pytest.mark.slow
 def test_a_job_directory_pastes_into_a_command_unquoted(sweep_2x2, tmp_path):
     """What the sweep prints is what a user pastes: ckpt_path=<job dir> with no quoting, as Hydra parses
     overrides (every command) and as a shell splits words (evaluate, run for real)."""
@@ -203,6 +204,7 @@ def json_value(text: str):
     return struct_pb2.Value(string_value=text)
 
 
+@pytest.mark.slow  # test_reliability covers a failed job in the default run
 def test_a_bad_value_fails_its_job_only(tmp_path, data_root):
     sweep, result = run_sweep(tmp_path, data_root, "model.dropout=0.1,1.5")
     rows = read_csv(sweep / "summary.csv")
@@ -311,7 +313,7 @@ def test_parallel_jobs_claim_different_gpus_and_wait_when_all_are_taken(tmp_path
     import threading
     import time
 
-    from src.runtime.gpu_claim import claim_gpu
+    from src.runtime.sweep_jobs import claim_gpu
 
     with claim_gpu(tmp_path, 2) as first, claim_gpu(tmp_path, 2) as second:
         assert {first, second} == {0, 1}
@@ -360,6 +362,23 @@ def test_a_sweep_rerun_in_its_directory_runs_only_the_jobs_it_has_not_finished(t
     assert all((d / "metrics.json").is_file() for d in job_dirs(sweep))
 
 
+@pytest.mark.parametrize(("n_jobs", "threads"), [(2, "half"), (-1, 1), (1, None)])
+def test_parallel_jobs_share_the_cores(n_jobs, threads):
+    """joblib with n_jobs=K: each job trains with cores // K threads (trainer.threads), unless it says."""
+    from hydra.types import RunMode
+
+    from src.runtime.sweep_jobs import cpu_threads_for_sweep_job
+
+    cores = os.cpu_count()
+    hydra_cfg = OmegaConf.create({"mode": RunMode.MULTIRUN, "launcher": {"n_jobs": n_jobs}})
+    cfg = OmegaConf.create({"trainer": {"threads": None}})
+    cpu_threads_for_sweep_job(cfg, hydra_cfg)
+    assert cfg.trainer.threads == {"half": max(1, cores // min(2, cores)), 1: 1, None: None}[threads]
+    chosen = OmegaConf.create({"trainer": {"threads": 3}})
+    cpu_threads_for_sweep_job(chosen, hydra_cfg)
+    assert chosen.trainer.threads == 3  # the user's choice stands
+
+
 def test_long_job_directory_names_are_shortened_with_a_hash():
     from src.entry import MAX_JOB_DIRNAME_BYTES, _job_dirname
 
@@ -377,7 +396,7 @@ def test_a_sweep_job_with_device_auto_trains_on_the_gpu_it_claims(tmp_path, monk
     import torch
     from hydra.types import RunMode
 
-    from src.runtime.gpu_claim import gpu_for_sweep_job
+    from src.runtime.sweep_jobs import gpu_for_sweep_job
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ..errors import BadImageError, DataError
 from ..fileio import open_regular
+from ..progress import Progress
 from .cache import DecodeCache, cache_key
 from .images import IMAGE_EXTENSIONS, decode_image, resize_uint8, to_channels
 from .memory import check_fits_in_host_memory
@@ -193,11 +193,13 @@ def _decode_all(paths: list[str], channels: int, size: int, desc: str) -> dict:
     bad: list[list] = []
     # One process, in order: for small images Python overhead dominates the decode, and a thread pool
     # measured slower (GIL contention); FER2013's 35,887 files take about 4 s here.
-    for i, path in enumerate(tqdm(paths, desc=desc, unit="img", disable=None, leave=False)):
-        try:
-            images[i] = decode_image(path, channels, size)
-        except BadImageError as exc:
-            bad.append([i, str(exc)])
+    with Progress(len(paths), desc, "img", logger=log) as progress:  # a bar, or a line every 30 s off a terminal
+        for i, path in enumerate(paths):
+            try:
+                images[i] = decode_image(path, channels, size)
+            except BadImageError as exc:
+                bad.append([i, str(exc)])
+            progress.update()
     return {"images": torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), "bad": sorted(bad)}
 
 
@@ -278,6 +280,7 @@ FER2013_USAGE = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"
 
 
 def _parse_fer2013_csv(path: Path) -> dict:
+    log.info("Parsing %s (about 10 s for Kaggle's 35,887 rows; cached afterwards)", path)
     try:
         return _parse_fer2013_rows(path)
     except (UnicodeDecodeError, csv.Error) as exc:
@@ -296,7 +299,7 @@ def _parse_fer2013_rows(path: Path) -> dict:
         missing = {"emotion", "pixels", "Usage"} - set(reader.fieldnames or [])
         if missing:
             raise DataError(f"{path} is not a FER2013 CSV: missing column(s) {', '.join(sorted(missing))}")
-        for row in tqdm(reader, desc="parsing fer2013.csv", unit="row", disable=None, leave=False):
+        for row in reader:
             line = reader.line_num
             if None in row or None in row.values():  # more, or fewer, fields than the header names
                 count = len(reader.fieldnames) + len(row.get(None, [])) - sum(v is None for v in row.values())

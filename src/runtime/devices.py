@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import os
 from pathlib import Path
@@ -88,3 +89,14 @@ def seconds_since_process_start() -> float | None:
         return float(Path("/proc/uptime").read_text().split()[0]) - started
     except (OSError, ValueError, IndexError):
         return None
+
+
+def fused_on_cuda(optimizer, device: torch.device) -> dict:
+    """{"fused": True} when on CUDA the optimizer has a fused kernel and the config did not choose:
+    one kernel for all parameters instead of several per tensor. On CPU the fused kernels gave no
+    measurable gain (see README, Performance), so the default implementation stays."""
+    func = getattr(optimizer, "func", optimizer)
+    chosen = getattr(optimizer, "keywords", {})
+    if device.type == "cuda" and "fused" not in chosen and "fused" in inspect.signature(func).parameters:
+        return {"fused": True}
+    return {}

@@ -76,18 +76,21 @@ class EpochMeter:
     summed over the ranks when it stopped)."""
 
     def __init__(self, device: torch.device, warmup: int, first_batch: int = 0,
-                 carried: tuple[int, float, int] = (0, 0.0, 0)):
-        seen, loss_sum, correct = carried if ddp.is_main() else (0, 0.0, 0)
+                 carried: tuple[int, float, int, float] = (0, 0.0, 0, 0.0)):
+        seen, loss_sum, correct, lr_sum = carried if ddp.is_main() else (0, 0.0, 0, carried[3])
         self.device, self.warmup, self.first_batch = device, warmup, first_batch
         self.loss_sum = torch.tensor(loss_sum, device=device)
         self.correct = torch.tensor(correct, device=device, dtype=torch.long)
         self.first_bad = torch.tensor(NO_BAD_STEP, device=device)
         self.seen = self.carried_seen = self.timed_from = seen
+        self.lr_sum, self.steps = lr_sum, first_batch  # the same on every rank: no sum over ranks
         self.start = time.perf_counter()
         self.timed_start: float | None = None
 
-    def update(self, step: int, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        """After step `step` (0-based in the epoch): its loss (detached) and predictions."""
+    def update(self, step: int, lr: float, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """After step `step` (0-based in the epoch): the learning rate it used, its loss (detached) and
+        predictions."""
+        self.lr_sum, self.steps = self.lr_sum + lr, self.steps + 1
         loss = loss.float()
         self.first_bad = torch.where(torch.isfinite(loss), self.first_bad, self.first_bad.clamp(max=step + 1))
         self.loss_sum += loss * len(labels)
@@ -104,10 +107,11 @@ class EpochMeter:
             raise UserError(f"the training loss became NaN or infinite in epoch {epoch} at step {step}; lower "
                             "optim.lr or set trainer.gradient_clip_val (the last good checkpoint is kept)")
 
-    def sums_over_ranks(self) -> tuple[int, float, int]:
-        """(seen, loss sum, correct) of every rank: what an interrupted epoch carries into its resumption."""
+    def sums_over_ranks(self) -> tuple[int, float, int, float]:
+        """(seen, loss sum, correct) of every rank and the lr sum: what an interrupted epoch carries into its
+        resumption."""
         seen, loss_sum, correct = ddp.sum_over_ranks(self.seen, self.loss_sum, self.correct)
-        return int(seen), loss_sum, int(correct)
+        return int(seen), loss_sum, int(correct), self.lr_sum
 
     def running(self) -> dict:
         """The progress figures (reads the device sums)."""
@@ -124,8 +128,10 @@ class EpochMeter:
             timed_start, timed_from = self.start, self.carried_seen
         loss_sum, correct, seen, images_per_s = ddp.sum_over_ranks(
             self.loss_sum, self.correct, self.seen, (self.seen - timed_from) / max(end - timed_start, 1e-9))
-        return {"train/loss": loss_sum / seen, "train/acc": correct / seen, "train/epoch_time_s": end - self.start,
-                "train/images_per_s": images_per_s}
+        # lr: the mean over the epoch's steps (of a schedule that changes it every step, the last value would
+        # be the next epoch's start: 0 at the end of a cosine schedule)
+        return {"lr": self.lr_sum / max(self.steps, 1), "train/loss": loss_sum / seen, "train/acc": correct / seen,
+                "train/epoch_time_s": end - self.start, "train/images_per_s": images_per_s}
 
 
 class ProgressBar:

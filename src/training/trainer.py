@@ -7,7 +7,6 @@ summed on the device and read once per epoch (and at most once a second for the 
 """
 from __future__ import annotations
 
-import inspect
 import logging
 from dataclasses import dataclass
 
@@ -21,7 +20,7 @@ from ..evaluation.metrics import EPOCH_METRICS, MONITORS, lower_is_better
 from ..evaluation.predictor import Predictor
 from ..evaluation.split_evaluation import evaluate_split
 from ..runtime import distributed as ddp
-from ..runtime.devices import autocast, resolve_device, resolve_precision
+from ..runtime.devices import autocast, fused_on_cuda, resolve_device, resolve_precision
 from .checkpointing import EpochProgress, FitState, Resumable, RunCheckpoints
 from .debugging import DebugModes
 from .ema import ModelEma
@@ -58,17 +57,6 @@ class _Run:
     profiler: NoProfiler      # trainer.profile's torch.profiler, or one that does nothing
 
 
-def fused_on_cuda(optimizer, device: torch.device) -> dict:
-    """{"fused": True} when on CUDA the optimizer has a fused kernel and the config did not choose:
-    one kernel for all parameters instead of several per tensor. On CPU the fused kernels gave no
-    measurable gain (see README, Performance), so the default implementation stays."""
-    func = getattr(optimizer, "func", optimizer)
-    chosen = getattr(optimizer, "keywords", {})
-    if device.type == "cuda" and "fused" not in chosen and "fused" in inspect.signature(func).parameters:
-        return {"fused": True}
-    return {}
-
-
 class Trainer:
     """The `trainer=` config group.
 
@@ -84,6 +72,7 @@ class Trainer:
         monitor: the val metric that selects best.pt (and drives plateau schedules, early stopping).
         early_stopping_patience: stop after this many epochs without improvement (null = never).
         warmup_batches: batches per epoch left out of the images/s measurement.
+        threads: CPU threads of this process (null: torch's default, or cores / jobs in a parallel sweep).
         progress_bar: a per-epoch bar on terminals (elsewhere a log line every `log_every_s` s; 0 = none).
         distributed: DistributedDataParallel over the processes of a torchrun launch (trainer=ddp); each
             trains on its share of every epoch with batches of data.batch_size (the global batch is
@@ -98,7 +87,8 @@ class Trainer:
                  overfit_batches: int | float = 0, fast_dev_run: bool | int = False, profile: bool = False,
                  gradient_clip_val: float = 0.0, monitor: str = "val/acc", log_every_s: float = 30.0,
                  early_stopping_patience: int | None = None, warmup_batches: int = 2, progress_bar: bool = True,
-                 distributed: bool = False, backend: str = "auto", ema_decay: float | None = None):
+                 distributed: bool = False, backend: str = "auto", ema_decay: float | None = None,
+                 threads: int | None = None):
         self.debug = DebugModes(limit_train_batches, limit_val_batches, limit_test_batches, overfit_batches,
                                 fast_dev_run, profile)
         checks = [
@@ -109,6 +99,7 @@ class Trainer:
             (warmup_batches >= 0, "warmup_batches", warmup_batches, "must be >= 0"),
             (log_every_s >= 0, "log_every_s", log_every_s, "must be >= 0 seconds (0: no progress lines)"),
             (gradient_clip_val >= 0, "gradient_clip_val", gradient_clip_val, "must be >= 0"),
+            (threads is None or threads >= 1, "threads", threads, "must be at least 1, or null (the default)"),
         ]
         for ok, key, value, rule in checks:
             if not ok:
@@ -117,6 +108,8 @@ class Trainer:
         if launched > 1 and not distributed:
             raise ConfigError(f"torchrun started {launched} processes, but this trainer trains in one: each would "
                               "train the whole run and write into the same directory; use trainer=ddp")
+        if threads is not None:
+            torch.set_num_threads(threads)
         self.device = resolve_device(device, ddp.local_rank() if launched > 1 else None)
         self.precision = resolve_precision(precision, self.device)
         self.world_size = ddp.init(backend, self.device) if distributed else 1
@@ -184,8 +177,9 @@ class Trainer:
                                               if progress else "")
             log.info("Resumed from %s at %s (best %s %s at epoch %d)", resume_from, where, self.monitor,
                      state.best_value, state.best_epoch)
-        log.info("Training on %s (%s%s) for %d epochs of %d batches of %d", self.device, self.precision,
-                 ", channels_last" if self.channels_last else "", self.max_epochs, run.steps, data.batch_size)
+        log.info("Training on %s (%s%s) for %d epoch%s of %d batches of %d", self.device, self.precision,
+                 ", channels_last" if self.channels_last else "", self.max_epochs, "s"[:self.max_epochs != 1],
+                 run.steps, data.batch_size)
         if self.world_size > 1:
             log.info("%d processes, each on its share of every epoch: global batch %d", self.world_size,
                      data.batch_size * self.world_size)
@@ -199,8 +193,7 @@ class Trainer:
                                       f"{run.steps}; {checkpoints.last} continues it (ckpt_path=... with the same "
                                       "overrides)")
                 progress = None
-                lr = run.parts.optimizer.param_groups[0]["lr"]
-                record, val = self._validate(run, data, {"epoch": epoch, "lr": lr, **train})
+                record, val = self._validate(run, data, {"epoch": epoch, **train})
                 improved = state.add(record, record.get(self.monitor), lower_is_better(self.monitor))
                 checkpoints.save(run.parts, state, improved)
                 logger.log_scalars({k: v for k, v in record.items() if k != "epoch"}, epoch)
@@ -250,7 +243,7 @@ class Trainer:
         parts, recipe = run.parts, run.recipe
         parts.model.train()
         meter = EpochMeter(self.device, self.warmup_batches, progress.batches_done,
-                           (progress.seen, progress.loss_sum, progress.correct))
+                           (progress.seen, progress.loss_sum, progress.correct, progress.lr_sum))
         bar = ProgressBar(run.steps, progress, self.max_epochs, self.progress_bar, self.log_every_s)
         run.loader.generator.set_state(progress.shuffle_state)
         for i, (images, labels) in enumerate(run.loader.iterate(progress.batches_done), start=progress.batches_done):
@@ -269,9 +262,9 @@ class Trainer:
             parts.scaler.update()
             if parts.ema:
                 parts.ema.update(parts.model)
+            meter.update(i, parts.optimizer.param_groups[0]["lr"], loss.detach(), logits.detach(), labels)
             if recipe.schedule.per_batch:
                 parts.scheduler.step()
-            meter.update(i, loss.detach(), logits.detach(), labels)
             run.profiler.step()
             bar.step(meter)
             run.first_step.after_step(self.device)
@@ -280,7 +273,7 @@ class Trainer:
                 meter.check_finite(progress.epoch)
             if stop.agreed(at_check):
                 progress.batches_done = i + 1
-                progress.seen, progress.loss_sum, progress.correct = meter.sums_over_ranks()
+                progress.seen, progress.loss_sum, progress.correct, progress.lr_sum = meter.sums_over_ranks()
                 bar.close()
                 return None
         bar.close()
