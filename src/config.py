@@ -301,6 +301,7 @@ TRAIN_RULES: list[Rule] = [
     ("seed", int, None, ""),
     ("ckpt_path", str | None, None, ""),
     ("resume", bool, None, ""),
+    ("test", bool, None, ""),
     ("loss.label_smoothing", float | None, lambda v: 0 <= v < 1, "in [0, 1)"),
     ("loss.class_weights", str | list[float] | None, lambda v: v == "balanced" if isinstance(v, str) else
      all(w >= 0 for w in v), "null, balanced or a list of one weight (>= 0) per class"),

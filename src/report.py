@@ -1,11 +1,12 @@
 """Comparison tables and plots from run and sweep directories:
 
     python -m src.report outputs/sweeps/<sweep> [outputs/runs/<run> ...] [--out DIR] [--no-plots]
-                         [--readme FILE --section NAME]
+                         [--time-to ACC ...] [--readme FILE --section NAME]
 
 Writes summary.md / summary.csv (one row per run, best validation first; mean ± std over runs that
 differ only in seed or data.fold in aggregate.csv; how each run was made: data, command, machine, wall
-times), curves.png, bars.png and best_confusion_matrix.png into --out (default: the sweep directory when
+times; the training time each run took to reach --time-to val accuracies), curves.png,
+time_to_accuracy.png, bars.png and best_confusion_matrix.png into --out (default: the sweep directory when
 given one sweep, else outputs/reports/<date>_<time>).
 
 --readme FILE --section NAME also puts summary.md into FILE between the lines `<!-- report NAME -->` and
@@ -32,18 +33,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("paths", nargs="+", help="run directories, sweep directories, or folders holding them")
     parser.add_argument("--out", help="where to write the report")
     parser.add_argument("--no-plots", action="store_true", help="tables only")
+    parser.add_argument("--time-to", type=float, nargs="+", metavar="ACC",
+                        help="val accuracies (e.g. 0.60 0.65) to give each run's training time to; default: "
+                             "the best val accuracy every run reached")
     parser.add_argument("--readme", help="a Markdown file to put summary.md into (with --section)")
     parser.add_argument("--section", help="the name in the --readme file's <!-- report NAME --> markers")
     args = parser.parse_args(argv)
     if bool(args.readme) != bool(args.section):
         parser.error("--readme and --section go together")
+    if any(not 0 < accuracy <= 1 for accuracy in args.time_to or ()):
+        parser.error("--time-to takes accuracies between 0 and 1 (0.65, not 65)")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         runs = collect_runs(args.paths)
         single_sweep = len(args.paths) == 1 and (Path(args.paths[0]) / "jobs.jsonl").is_file()
         out = Path(args.out or (args.paths[0] if single_sweep else
                                 Path("outputs/reports") / time.strftime("%Y-%m-%d_%H-%M-%S")))
-        markdown = write_comparison(runs, out, plots=not args.no_plots)
+        markdown = write_comparison(runs, out, plots=not args.no_plots, targets=args.time_to)
         print(markdown)
         if args.readme:
             command = "python -m src.report " + " ".join(sys.argv[1:] if argv is None else argv)

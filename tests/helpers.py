@@ -19,7 +19,7 @@ CONF_DIR = ROOT / "conf"
 CLASSES = ("bottom", "middle", "top")  # alphabetical, as the folder reader orders them
 GROUPS = ("data", "model", "aug", "optim", "sched", "trainer", "logger", "experiment")
 # metrics.json keys that are wall-clock measurements: equal runs differ in these only
-TIMING_KEYS = frozenset({"train/epoch_time_s", "train/images_per_s", "train/time_s", "run_time_s"})
+TIMING_KEYS = frozenset({"train/epoch_time_s", "train/images_per_s", "train/time_s", "run_time_s", "time_s"})
 
 
 def quote(path: str | Path) -> str:

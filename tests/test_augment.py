@@ -214,3 +214,50 @@ def test_aug_config_inheritance(compose_cfg):
     assert set(strong) - {"_target_", "mix"} == {"crop", "flip", "affine", "erase", "resized_crop", "jitter"}
     assert basic.mix is None and strong.mix is None  # mixup / CutMix are off unless asked for
     assert fer.crop == basic.crop and strong.affine == fer.affine
+
+
+# -- progressive resizing ------------------------------------------------------------------------------------
+
+
+def test_progressive_side_grows_to_the_full_size_by_until():
+    from src.data.augment import ProgressiveResize
+
+    resize = ProgressiveResize(start=32, until=0.5)
+    sides = [resize.side(44, epoch, 10) for epoch in range(1, 11)]
+    assert sides[0] == 32 and sides[4:] == [44] * 6  # epoch 5 of 10 is the first at the full size
+    assert all(a <= b for a, b in zip(sides, sides[1:])) and all(s % 2 == 0 for s in sides)
+    assert resize.side(28, 1, 10) == 28  # never larger than the images
+    for bad in ({"start": 4}, {"until": 1.0}, {"until": 0}):
+        with pytest.raises(ConfigError, match="aug.progressive"):
+            Augment(progressive=bad)
+
+
+def test_progressive_resize_scales_the_batch_down_and_then_leaves_it():
+    augment = Augment(crop={"padding": 0, "size": 44}, progressive={"start": 32, "until": 0.5})
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 1, 48, 48)
+    assert augment.start_epoch(1, 10, 44) == 32
+    small = augment(x, g)
+    assert small.shape == (4, 1, 32, 32) and 0 <= small.min() and small.max() <= 1
+    assert augment.start_epoch(5, 10, 44) == 44
+    assert augment(x, g).shape == (4, 1, 44, 44)
+
+
+def test_progressive_training_evaluates_at_the_full_size(tmp_path, make_folder, train_cfg, caplog):
+    """A short run with progressive resizing: the first epoch trains on smaller inputs (logged), validation
+    and the checkpoint's input size are the full crop."""
+    import logging
+
+    import torch as th
+
+    from src.training.experiment import train
+
+    root = make_folder(splits={"train": 8, "val": 4, "test": 4}, size=32)
+    cfg = train_cfg(root, "aug=basic", "aug.crop={padding: 0, size: 28}", "aug.progressive={start: 16, until: 0.5}",
+                    "trainer.max_epochs=4")
+    with caplog.at_level(logging.INFO, logger="src.training.trainer"):
+        metrics = train(cfg, tmp_path / "run")
+    assert "Epoch 1 trains on 16x16 inputs (aug.progressive)" in caplog.text
+    assert "Epoch 2 trains on" not in caplog.text  # until 0.5 of 4 epochs: full size from epoch 2
+    assert metrics["test/acc"] is not None
+    assert th.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)["meta"]["input_size"] == 28

@@ -13,7 +13,7 @@ from src.data import DigitsData, Fer2013Data, FolderData, ImageData
 from src.errors import ConfigError
 from src.models import LeNet
 from src.training.losses import make_criterion
-from src.training.schedules import Constant, Cosine, MultiStep, Plateau, StepDecay
+from src.training.schedules import Constant, Cosine, Linear, MultiStep, Plateau, StepDecay
 from src.training.tensorboard_logger import NullLogger, TensorBoardLogger
 from src.training.trainer import Trainer
 from tests.helpers import CONF_DIR, GROUPS, quote
@@ -169,7 +169,7 @@ def lr_curve(sched_overrides: list[str], compose_cfg, max_epochs: int = 5, steps
 @pytest.mark.parametrize("name", SCHEDS)
 def test_sched_configs_build(compose_cfg, name):
     schedule = instantiate(compose_cfg([f"sched={name}"]).sched)
-    assert isinstance(schedule, Constant | Cosine | MultiStep | StepDecay | Plateau)
+    assert isinstance(schedule, Constant | Cosine | Linear | MultiStep | StepDecay | Plateau)
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
     scheduler = schedule.build(opt, max_epochs=5, steps_per_epoch=3)
     for _ in range(15):
@@ -198,6 +198,23 @@ def test_cosine_min_lr_ratio(compose_cfg):
     assert lrs[0] == pytest.approx(0.1)
     assert lrs[-1] == pytest.approx(0.01)
     assert min(lrs) == pytest.approx(0.01)
+
+
+def test_linear_decays_in_a_straight_line_to_zero(compose_cfg):
+    lrs = lr_curve(["sched=linear", "sched.warmup_epochs=1"], compose_cfg)  # 5 epochs of 3 steps
+    assert lrs[0] < 0.01 and lrs[3] == pytest.approx(0.1)
+    steps = [a - b for a, b in zip(lrs[3:], lrs[4:])]  # after the warmup: equal decrements down to 0
+    assert steps == pytest.approx([0.1 / 12] * 12) and lrs[-1] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_linear_cooldown_holds_the_lr_until_decay_from(compose_cfg):
+    lrs = lr_curve(["sched=linear", "sched.warmup_epochs=0", "sched.decay_from=0.6", "sched.min_lr_ratio=0.1"],
+                   compose_cfg)
+    assert lrs[:10] == pytest.approx([0.1] * 10)  # epochs 0-3 (60 % of 5 epochs = step 9)
+    cooldown = lrs[9:]
+    assert all(a > b for a, b in zip(cooldown, cooldown[1:])) and lrs[-1] == pytest.approx(0.01)
+    with pytest.raises(ConfigError, match="decay_from"):
+        Linear(decay_from=1.0)
 
 
 def test_multistep_decays_by_gamma_at_milestones(compose_cfg):

@@ -72,12 +72,16 @@ def test_ctrl_c_saves_a_mid_epoch_checkpoint_that_resumes_exactly(tmp_path, data
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is removed again
     saved = torch.load(tmp_path / "B" / "checkpoints" / "last.pt", weights_only=True)
     assert saved["epoch"] == 1 and saved["progress"]["epoch"] == 2 and saved["progress"]["batches_done"] == 3
+    # the interrupted epoch's seconds so far are kept, so that history's wall clock goes on after the resume
+    assert saved["progress"]["seconds"] > 0
 
     monkeypatch.undo()
     resumed = train(setup(data_root, cache, "trainer.max_epochs=3",
                           f"ckpt_path={quote(tmp_path / 'B' / 'checkpoints' / 'last.pt')}"), tmp_path / "C")
     assert without_timing(resumed) == without_timing(reference)
     assert history(tmp_path / "C") == history(tmp_path / "A")
+    epoch_1, epoch_2 = torch.load(tmp_path / "C" / "checkpoints" / "last.pt", weights_only=True)["state"]["history"][:2]
+    assert epoch_2["time_s"] > epoch_1["time_s"] + saved["progress"]["seconds"]
 
 
 # -- SIGKILL --------------------------------------------------------------------------------------------------

@@ -104,3 +104,55 @@ def test_each_column_of_the_tables_has_one_number_format(tmp_path):
         if column in formats:  # mean ± std, both in the column's format
             parts = cell.split(" ± ") if column != "runs" else [cell]
             assert all(re.fullmatch(formats[column], part) for part in parts), (column, cell)
+
+
+def write_history(run_dir: Path, records: list[dict]) -> None:
+    with open(run_dir / "history.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(records[0]))
+        writer.writeheader()
+        writer.writerows(records)
+
+
+def test_time_to_accuracy_is_the_first_epoch_at_or_above_the_target(tmp_path):
+    """Time to accuracy: a slow-per-epoch run that gets there in fewer epochs can win; a run that never
+    reaches the target has no time; the default target is the best accuracy every run reached."""
+    fast = make_run(tmp_path / "fast", ["model=lenet"], 0, 0.62)
+    write_history(fast, [{"epoch": 1, "val/acc": 0.40, "time_s": 30}, {"epoch": 2, "val/acc": 0.55, "time_s": 60},
+                         {"epoch": 3, "val/acc": 0.62, "time_s": 90}])
+    slow = make_run(tmp_path / "slow", ["model=resnet18"], 0, 0.70)
+    write_history(slow, [{"epoch": 1, "val/acc": 0.58, "time_s": 100}, {"epoch": 2, "val/acc": 0.70, "time_s": 200}])
+    runs = collect_runs([tmp_path])
+    write_comparison(runs, tmp_path / "report", plots=True, targets=[0.55, 0.65])
+    rows = {r["run"]: r for r in read_csv(tmp_path / "report" / "summary.csv")}
+    assert float(rows["model=lenet"]["time_to_val_acc_0.55"]) == 60
+    assert rows["model=lenet"]["time_to_val_acc_0.65"] == ""  # never reached
+    assert float(rows["model=resnet18"]["time_to_val_acc_0.55"]) == 100
+    assert float(rows["model=resnet18"]["time_to_val_acc_0.65"]) == 200
+    assert (tmp_path / "report" / "time_to_accuracy.png").stat().st_size > 10_000
+    columns, table = markdown_table((tmp_path / "report" / "summary.md").read_text(), "| run | status |")
+    cells = {row[0]: row[columns.index("time_to_val_acc_0.65")] for row in table}
+    assert cells == {"model=resnet18": "3 min 20 s", "model=lenet": ""}
+    # default target: the lower of the two bests (0.62), which both runs reached
+    markdown = write_comparison(runs, tmp_path / "default", plots=False)
+    assert "time_to_val_acc_0.62" in markdown
+    rows = {r["run"]: r for r in read_csv(tmp_path / "default" / "summary.csv")}
+    assert float(rows["model=lenet"]["time_to_val_acc_0.62"]) == 90
+    assert float(rows["model=resnet18"]["time_to_val_acc_0.62"]) == 200
+
+
+def test_runs_without_time_in_their_history_get_no_time_to_accuracy(tmp_path):
+    """history.csv written before time_s was recorded: the report still works, without times or that plot."""
+    old = make_run(tmp_path / "old", ["seed=1"], 1, 0.5)
+    write_history(old, [{"epoch": 1, "val/acc": 0.5}])
+    markdown = write_comparison(collect_runs([tmp_path]), tmp_path / "report", plots=True)
+    assert "time_to_val_acc" not in markdown and not (tmp_path / "report" / "time_to_accuracy.png").exists()
+    assert (tmp_path / "report" / "curves.png").exists()
+
+
+def test_time_to_takes_accuracies_not_percentages(tmp_path, capsys):
+    from src.report import main
+
+    make_run(tmp_path / "run", [], 0, 0.5)
+    with pytest.raises(SystemExit) as info:
+        main([str(tmp_path / "run"), "--time-to", "65"])
+    assert info.value.code == 2 and "between 0 and 1" in capsys.readouterr().err

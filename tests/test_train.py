@@ -106,6 +106,9 @@ def test_history_and_selection_on_val(quick_run):
     assert metrics["val/acc"] == max(float(r["val/acc"]) for r in history)
     # The first epoch that reached the best value is kept (improvement must be strict).
     assert metrics["best_epoch"] == 1 + [float(r["val/acc"]) for r in history].index(metrics["val/acc"])
+    # time_s: wall clock of training with validation at each epoch's end (src.report's time to accuracy)
+    times = [float(r["time_s"]) for r in history]
+    assert 0 < times[0] < times[1] < times[2] and metrics["train/time_s"] == pytest.approx(times[-1], abs=0.05)
     lrs = [float(r["lr"]) for r in history]  # each epoch's mean lr: what it trained with, never the next's start
     assert lrs[-1] > 1e-6 and max(lrs) <= 3e-3
     last = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
@@ -188,6 +191,17 @@ def test_without_val_split_the_last_epoch_is_kept(tmp_path, make_folder, train_c
     best = torch.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)
     last = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
     assert all(torch.equal(best["model"][k], last["model"][k]) for k in last["model"])
+
+
+def test_test_false_designs_on_val_without_looking_at_test(tmp_path, make_folder, train_cfg):
+    """test=false: the run selects on val and never evaluates the test split (a recipe being designed);
+    src.evaluate tests it later."""
+    root = make_folder(splits={"train": 8, "val": 4, "test": 4})
+    metrics = train(train_cfg(root, "test=false"), tmp_path / "run")
+    assert metrics["val/acc"] is not None and metrics["test/acc"] is None and metrics["test/per_class"] is None
+    written = {p.name for p in (tmp_path / "run").iterdir()}
+    assert not written & {"predictions.csv", "per_class.md", "confusion_matrix.png", "roc.png"}, written
+    assert (tmp_path / "run" / "checkpoints" / "best.pt").is_file()
 
 
 def test_without_test_split_metrics_are_still_written(tmp_path, make_folder, train_cfg):
@@ -279,6 +293,9 @@ def test_resume_gives_the_uninterrupted_run(tmp_path, resume_setup, extra):
     assert metrics["epochs"] == 2
     assert len(read_history(tmp_path / "C")) == 2  # epoch 1 comes from B's checkpoint
     compare_runs(tmp_path / "A", tmp_path / "C")
+    # the wall clock goes on from where B stopped: epoch 1's time is B's, epoch 2's comes after it
+    (b_epoch1,), (c_epoch1, c_epoch2) = read_history(tmp_path / "B"), read_history(tmp_path / "C")
+    assert c_epoch1["time_s"] == b_epoch1["time_s"] and float(c_epoch2["time_s"]) > float(b_epoch1["time_s"])
 
 
 def test_mixup_and_cutmix_train_on_mixed_targets(tmp_path, resume_setup):

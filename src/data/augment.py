@@ -187,6 +187,32 @@ class Erase:
         return torch.where(box[:, None], fill, x)
 
 
+class ProgressiveResize:
+    """Trains on smaller images first (progressive resizing): in epoch 1 the augmented batch is scaled down
+    to `start` x `start` pixels, the side grows linearly over the epochs until the one at `until` (a
+    fraction of the epochs), which and every later epoch train at the full size. Convolutions cost about
+    the square of the side (a 32 px batch about half of a 44 px one), and evaluation always sees the full
+    size, so the last epochs must train at it (until < 1). The side depends on the epoch only: a resumed
+    run trains at the same sides."""
+
+    def __init__(self, start: int = 32, until: float = 0.5):
+        if start < 8:
+            raise ConfigError(f"aug.progressive.start={start} is invalid: it must be at least 8 (pixels)")
+        if not 0 < until < 1:
+            raise ConfigError(f"aug.progressive.until={until} is invalid: it must be in (0, 1), the fraction "
+                              "of the epochs after which training sees the full size")
+        self.start, self.until = start, until
+
+    def side(self, full: int, epoch: int, max_epochs: int) -> int:
+        """The training side in `epoch` (1-based) of `max_epochs`, for images whose full side is `full`;
+        even, so that stride-2 layers halve it exactly."""
+        reach = max(1, round(self.until * max_epochs))  # the first epoch at the full size
+        if epoch >= reach or self.start >= full:
+            return full
+        grown = self.start + (full - self.start) * (epoch - 1) / max(reach - 1, 1)
+        return min(full, 2 * round(grown / 2))
+
+
 def _make(op: type, cfg: Mapping, key: str):
     """An op from its config mapping, every setting checked against the op's constructor first (types)
     and its probability p in [0, 1]."""
@@ -225,14 +251,17 @@ _OP_RANGES = {
 class Augment:
     """The `aug=` config group: each op is configured by a mapping of its parameters, or null for off.
 
-    Order: resampling warp (resized_crop, then affine) → pad-and-crop → flip → colour → erasing.
-    `mix` (mixup / CutMix, src/data/mixing.py) is applied after these and the normalization, since it also
-    changes the targets (ModelInput.training_batch, src/data/inputs.py).
+    Order: resampling warp (resized_crop, then affine) → pad-and-crop → flip → colour → erasing → the
+    epoch's progressive resize (`progressive`, ProgressiveResize; the trainer tells the epoch through
+    `start_epoch`). `mix` (mixup / CutMix, src/data/mixing.py) is applied after these and the
+    normalization, since it also changes the targets (ModelInput.training_batch, src/data/inputs.py).
     """
 
     def __init__(self, resized_crop: Mapping | None = None, affine: Mapping | None = None,
                  crop: Mapping | None = None, flip: Mapping | None = None, jitter: Mapping | None = None,
-                 erase: Mapping | None = None, mix: Mapping | None = None):
+                 erase: Mapping | None = None, mix: Mapping | None = None, progressive: Mapping | None = None):
+        self.progressive = _make(ProgressiveResize, progressive, "aug.progressive") if progressive is not None else None
+        self.side: int | None = None  # this epoch's training side (progressive); None: the full size
         mixing = _make(BatchMix, mix, "aug.mix") if mix is not None else None
         self.mix = mixing if mixing is not None and mixing.enabled else None
         self.warps = [_make(op, cfg, f"aug.{key}") for op, cfg, key in
@@ -242,7 +271,13 @@ class Augment:
                      (Erase, erase, "erase")) if cfg is not None]
 
     def __bool__(self) -> bool:
-        return bool(self.warps or self.ops)
+        return bool(self.warps or self.ops or self.progressive)
+
+    def start_epoch(self, epoch: int, max_epochs: int, full_side: int) -> int:
+        """Sets and returns the training side of `epoch` (1-based) for inputs of `full_side` pixels: smaller
+        in the first epochs with aug.progressive, else the full side."""
+        self.side = self.progressive.side(full_side, epoch, max_epochs) if self.progressive else full_side
+        return self.side
 
     @property
     def crop_size(self) -> int | None:
@@ -262,4 +297,6 @@ class Augment:
             x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         for op in self.ops:
             x = op(x, generator)
+        if self.side is not None and self.side < x.shape[-1]:
+            x = F.interpolate(x, size=(self.side, self.side), mode="bilinear", antialias=True, align_corners=False)
         return x

@@ -111,6 +111,12 @@ class ModelInput:
         if self.mix is not None:
             self.mix.seed(seed + 2)
 
+    def start_epoch(self, epoch: int, max_epochs: int, image_size: int) -> int:
+        """The side training batches have in `epoch` (1-based) of `max_epochs`: the input size, or less in
+        the first epochs with progressive resizing (aug.progressive)."""
+        full = self.input_size(image_size)
+        return self.augment.start_epoch(epoch, max_epochs, full) if self.augment is not None else full
+
     def training_batch(self, images: torch.Tensor, labels: torch.Tensor, num_classes: int
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(model input, loss targets, labels to count accuracy against) for a uint8 batch: augmented,

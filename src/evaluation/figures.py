@@ -150,6 +150,29 @@ def curves_by_epoch_figure(histories: dict[str, list[dict]], keys: tuple[str, ..
     return fig
 
 
+def time_to_accuracy_figure(histories: dict[str, list[dict]], targets: tuple[float, ...] = ()) -> Figure:
+    """Validation accuracy against wall-clock minutes of training (history's time_s), one line per run,
+    with the accuracies of `targets` as dashed lines: what a user waits for, whatever the epoch count."""
+    fig, ax = _pyplot().subplots(figsize=(8, 5.5), constrained_layout=True)
+    for name, history in histories.items():
+        points = [(float(r["time_s"]) / 60, float(r["val/acc"])) for r in history
+                  if r.get("time_s") not in (None, "") and r.get("val/acc") not in (None, "")]
+        if points:
+            ax.plot(*zip(*points), marker="o", ms=3, lw=1.3, label=name)
+    for target in targets:
+        ax.axhline(target, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("training time with validation (minutes)")
+    ax.set_ylabel("val accuracy")
+    ax.set_xlim(left=0)
+    ax.set_title("time to accuracy")
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncol=1 if max(map(len, labels)) > 45 else 2,
+                   fontsize=7)
+    return fig
+
+
 def comparison_bars_figure(values: dict[str, list[float]], measures: tuple[str, ...],
                            errors: dict[str, list[float | None]] | None = None) -> Figure:
     """Grouped horizontal bars: one group per run (top = first), one bar per measure, optional error bars."""

@@ -10,8 +10,11 @@ have no metrics.json, still get a row). From any mix of them this module builds:
 - when runs differ only in `seed` or `data.fold`: the same figures as mean ± std per group, over its
   seeds and folds (aggregate.csv and a second table in summary.md); re-runs with the same seed and fold
   are no such group, and within a group they count once (averaged);
-- curves.png (validation accuracy and loss per epoch of every run), bars.png (test accuracy and
-  macro-F1 per run or group) and best_confusion_matrix.png (the best run's test confusion matrix).
+- time to accuracy: per run, the wall-clock time of training (with validation) until val accuracy first
+  reached a target (time_to_val_acc_<target>; by default the best accuracy every run reached);
+- curves.png (validation accuracy and loss per epoch of every run), time_to_accuracy.png (validation
+  accuracy against wall-clock minutes), bars.png (test accuracy and macro-F1 per run or group) and
+  best_confusion_matrix.png (the best run's test confusion matrix).
 """
 from __future__ import annotations
 
@@ -322,6 +325,8 @@ def _format(column: str, value) -> str:
         return ""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return str(value)
+    if column.startswith("time_to_"):
+        return _duration(value)
     spec = COLUMN_FORMATS.get(column) or (PER_CLASS_FORMAT if column.startswith("f1_") else "{}")
     return spec.format(value)
 
@@ -352,12 +357,43 @@ def _csv(columns: list[str], rows: list[dict]) -> str:
     return out.getvalue()
 
 
-def write_tables(runs: list[Run], out_dir: Path) -> str:
+# -- time to accuracy ----------------------------------------------------------------------------------------
+# history.csv's time_s is the wall clock of training with validation at each epoch's end: the time a run
+# took to reach a validation accuracy is the time_s of its first epoch at or above it.
+
+def time_to(history: list[dict], accuracy: float) -> float | None:
+    """Seconds of training (with validation) until val/acc first reached `accuracy`; None if it never did
+    (or history.csv has no time_s: a run from before it was recorded)."""
+    for record in history:
+        if record.get("time_s") not in (None, "") and record.get("val/acc") not in (None, "") \
+                and float(record["val/acc"]) >= accuracy:
+            return float(record["time_s"])
+    return None
+
+
+def time_targets(runs: list[Run]) -> list[float]:
+    """The default accuracy for "time to": the best val accuracy that every timed run reached (the lowest
+    best, rounded down to a whole percent), so that each run of the comparison has a time."""
+    bests = [max(float(r["val/acc"]) for r in history if r.get("val/acc") not in (None, ""))
+             for history in (run.history() for run in runs if run.status == "completed")
+             if any(r.get("time_s") not in (None, "") and r.get("val/acc") not in (None, "") for r in history)]
+    return [math.floor(min(bests) * 100) / 100] if bests else []
+
+
+def time_column(accuracy: float) -> str:
+    return f"time_to_val_acc_{accuracy:g}"
+
+
+def write_tables(runs: list[Run], out_dir: Path, targets: list[float] = ()) -> str:
     """summary.csv, summary.md and (when runs repeat with other seeds or folds) aggregate.csv; returns the
-    Markdown."""
+    Markdown. `targets`: val accuracies whose time to reach each run's row gives (time_to_val_acc_<target>,
+    seconds in summary.csv)."""
     rows = [run_row(run) for run in runs]
+    histories = [run.history() if run.status == "completed" else [] for run in runs]
+    for row, history in zip(rows, histories):
+        row |= {time_column(target): time_to(history, target) for target in targets}
     per_class = sorted({k for row in rows for k in row if k.startswith("f1_")})
-    columns = ["run", "status", *METRIC_COLUMNS, *per_class, "error"]
+    columns = ["run", "status", *METRIC_COLUMNS, *map(time_column, targets), *per_class, "error"]
     atomic_write_text(_csv([*columns, "dir"], rows), out_dir / "summary.csv")
     shared = common_overrides(runs)
     lines = [f"{len(runs)} runs" + (f"; every run: `{' '.join(shared)}`" if shared else ""), "",
@@ -382,13 +418,15 @@ def write_tables(runs: list[Run], out_dir: Path) -> str:
 
 # -- plots -------------------------------------------------------------------------------------------------
 
-def write_plots(runs: list[Run], out_dir: Path) -> list[Path]:
-    """curves.png, bars.png and best_confusion_matrix.png (each only when the runs have what it shows)."""
+def write_plots(runs: list[Run], out_dir: Path, targets: list[float] = ()) -> list[Path]:
+    """curves.png, time_to_accuracy.png, bars.png and best_confusion_matrix.png (each only when the runs
+    have what it shows)."""
     from ..evaluation.figures import (
         comparison_bars_figure,
         confusion_matrix_figure,
         curves_by_epoch_figure,
         save_figure,
+        time_to_accuracy_figure,
     )
 
     written = []
@@ -397,6 +435,9 @@ def write_plots(runs: list[Run], out_dir: Path) -> list[Path]:
     if any(histories.values()):
         save_figure(curves_by_epoch_figure(histories, ("val/acc", "val/loss")), out_dir / "curves.png")
         written.append(out_dir / "curves.png")
+    if any(r.get("time_s") not in (None, "") for history in histories.values() for r in history):
+        save_figure(time_to_accuracy_figure(histories, tuple(targets)), out_dir / "time_to_accuracy.png")
+        written.append(out_dir / "time_to_accuracy.png")
     grouped = [aggregate_row(name, members) for name, members in groups(runs)]
     shown = [f"test_{name}" for name in SUMMARY_METRICS]  # the summary metrics on test
     if grouped:  # one bar per group, its standard deviation as the error bar
@@ -419,12 +460,16 @@ def write_plots(runs: list[Run], out_dir: Path) -> list[Path]:
     return written
 
 
-def write_comparison(runs: list[Run], out_dir: str | Path, plots: bool = True) -> str:
+def write_comparison(runs: list[Run], out_dir: str | Path, plots: bool = True,
+                     targets: list[float] | None = None) -> str:
+    """Tables and plots of `runs` into out_dir; `targets`: the val accuracies to give the time to (default:
+    time_targets, the best accuracy every run reached)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    markdown = write_tables(runs, out_dir)
+    targets = time_targets(runs) if targets is None else targets
+    markdown = write_tables(runs, out_dir, targets)
     if plots:
-        names = [p.name for p in write_plots(runs, out_dir)]
+        names = [p.name for p in write_plots(runs, out_dir, targets)]
         if names:
             markdown += "\n" + "\n".join(f"![{Path(n).stem}]({n})" for n in names) + "\n"
             atomic_write_text(markdown, out_dir / "summary.md")

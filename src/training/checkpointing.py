@@ -73,11 +73,12 @@ class EpochProgress:
     correct: int = 0
     shuffle_state: torch.Tensor | None = None  # the batch-order generator at the start of the epoch
     lr_sum: float = 0.0  # of the steps done: history's lr is the epoch's mean
+    seconds: float = 0.0  # wall-clock seconds the epoch ran before the interruption (history's time_s)
 
     def as_dict(self) -> dict:
         return {"epoch": self.epoch, "batches_done": self.batches_done, "seen": self.seen,
                 "loss_sum": self.loss_sum, "correct": self.correct, "shuffle_state": self.shuffle_state,
-                "lr_sum": self.lr_sum}
+                "lr_sum": self.lr_sum, "seconds": self.seconds}
 
 
 @dataclass

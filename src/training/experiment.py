@@ -92,14 +92,17 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None,
             # Honest evaluation: the checkpoint selected on val, evaluated on test once.
             ddp.barrier()  # rank 0 has written best.pt
             model.load_state_dict(checkpoints.best_weights())
-            test, test_split = None, trainer.debug.split(data, "test")  # all of it, or limit_test_batches' part
+            # all of it, or limit_test_batches' part; none with test=false (a recipe being designed on val)
+            test, test_split = None, trainer.debug.split(data, "test") if cfg.test else None
             if test_split is not None:
                 predictor = trainer.predictor(model, inputs, cfg.tta.mode, cfg.tta.crop_size, data.eval_batch_size)
                 test = evaluate_split(predictor, test_split, data.classes, "test")
             metrics = _metrics(cfg, trainer, model, state, test, data.classes) | {
-                # wall-clock seconds of the training (all epochs with their validation; of a resumed run,
-                # those it trained) and of the whole run (data loading, training, test evaluation)
-                "train/time_s": round(fit_seconds, 1), "run_time_s": round(time.perf_counter() - run_started, 1)}
+                # wall-clock seconds of the training (all epochs with their validation, across resumes;
+                # a checkpoint older than history's time_s: this process's) and of this process's run (data
+                # loading, training, test evaluation)
+                "train/time_s": round(state.history[-1].get("time_s", fit_seconds), 1),
+                "run_time_s": round(time.perf_counter() - run_started, 1)}
             if main and dev_run:
                 log.warning("fast_dev_run: the run went through training, validation and the test evaluation; "
                             "it saved no results (no metrics.json, history.csv, checkpoints or test report)")

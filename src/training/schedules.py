@@ -67,6 +67,27 @@ class Cosine(Schedule):
         return self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+class Linear(Schedule):
+    """Warmup, then the base lr held until `decay_from` (a fraction of the epochs), then a straight line to
+    `min_lr_ratio` times it at the last epoch. decay_from=0: linear decay from the warmup's end (the
+    schedule of the CIFAR-10 speed records); e.g. 0.6: constant then a cooldown over the last 40 %, which
+    can be cut short without losing the decay."""
+
+    def __init__(self, warmup_epochs: float = 0.0, decay_from: float = 0.0, min_lr_ratio: float = 0.0):
+        super().__init__(warmup_epochs)
+        if not 0 <= decay_from < 1:
+            raise ConfigError(f"sched.decay_from={decay_from} is invalid: it must be in [0, 1) (a fraction of "
+                              "the epochs)")
+        if not 0 <= min_lr_ratio <= 1:
+            raise ConfigError(f"sched.min_lr_ratio={min_lr_ratio} is invalid: it must be in [0, 1]")
+        self.decay_from, self.min_lr_ratio = decay_from, min_lr_ratio
+
+    def decay(self, epoch: float) -> float:
+        start = max(self.decay_from * self.max_epochs, self.warmup_epochs)
+        progress = min(max((epoch - start) / max(self.max_epochs - start, 1e-8), 0.0), 1.0)
+        return 1 - (1 - self.min_lr_ratio) * progress
+
+
 class MultiStep(Schedule):
     """Multiply the lr by `gamma` at each epoch in `milestones`."""
 

@@ -28,7 +28,8 @@ class TensorBoardLogger:
 
     def log_scalars(self, metrics: dict[str, float], step: int) -> None:
         for tag, value in metrics.items():
-            self.writer.add_scalar(TAGS.get(tag, tag), value, step)
+            if tag not in UNLOGGED:
+                self.writer.add_scalar(TAGS.get(tag, tag), value, step)
 
     def log_confusion_matrix(self, tag: str, matrix: list[list[int]], classes: list[str], step: int) -> None:
         self.writer.add_figure(tag, confusion_matrix_figure(matrix, classes, tag), step, close=True)
@@ -60,10 +61,12 @@ class TensorBoardLogger:
 # columns in tag order; a top-level `lr` sorts before every metric and shows the end of the schedule (0
 # after a cosine), so it goes with the training curves. The peak lr is the hyper-parameter optim.lr.
 TAGS = {"lr": "train/lr"}
+# history.csv's keys TensorBoard has already: time_s is the wall clock, its "Relative" horizontal axis.
+UNLOGGED = ("time_s",)
 
 # Keys that say where files are, how a run is shown or how it is resumed, never what was trained: left out
 # of HParams even when given on the command line, as are the groups and keys of SKIPPED_GROUPS.
-BOOKKEEPING_KEYS = ("ckpt_path", "resume", "data.root", "data.csv", "data.cache_dir", "data.download",
+BOOKKEEPING_KEYS = ("ckpt_path", "resume", "test", "data.root", "data.csv", "data.cache_dir", "data.download",
                     "trainer.progress_bar")
 SKIPPED_GROUPS = ("hydra", "paths", "logger")
 # The settings that define an experiment: in HParams whether or not they were given on the command line.

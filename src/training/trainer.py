@@ -8,6 +8,7 @@ summed on the device and read once per epoch (and at most once a second for the 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import torch
@@ -183,17 +184,27 @@ class Trainer:
         if self.world_size > 1:
             log.info("%d processes, each on its share of every epoch: global batch %d", self.world_size,
                      data.batch_size * self.world_size)
+        # history's time_s: wall-clock seconds of training with validation up to each epoch's end, across
+        # resumes (what val accuracy is plotted against by src.report: time to accuracy)
+        done_before = state.history[-1].get("time_s", 0.0) if state.history else 0.0
+        started = time.perf_counter() - done_before - (progress.seconds if progress else 0.0)
         with StopOnSigint() as stop, run.profiler:
             for epoch in range(state.epoch + 1, self.max_epochs + 1):
                 progress = progress or EpochProgress(epoch, shuffle_state=run.loader.generator.get_state())
+                side = recipe.inputs.start_epoch(epoch, self.max_epochs, data.image_size)
+                if side < recipe.inputs.input_size(data.image_size):
+                    log.info("Epoch %d trains on %dx%d inputs (aug.progressive)", epoch, side, side)
                 train = self._train_epoch(run, progress, stop)
                 if train is None:  # interrupted: progress holds where, last.pt lets the run go on from there
+                    done_before = state.history[-1].get("time_s", 0.0) if state.history else 0.0
+                    progress.seconds = time.perf_counter() - started - done_before
                     checkpoints.save_interrupted(run.parts, state, progress)
                     raise Interrupted(f"interrupted in epoch {epoch} after batch {progress.batches_done} of "
                                       f"{run.steps}; {checkpoints.last} continues it (ckpt_path=... with the same "
                                       "overrides)")
                 progress = None
                 record, val = self._validate(run, data, {"epoch": epoch, **train})
+                record["time_s"] = round(time.perf_counter() - started, 2)
                 improved = state.add(record, record.get(self.monitor), lower_is_better(self.monitor))
                 checkpoints.save(run.parts, state, improved)
                 logger.log_scalars({k: v for k, v in record.items() if k != "epoch"}, epoch)
