@@ -209,10 +209,12 @@ def test_aug_config_inheritance(compose_cfg):
     basic = compose_cfg(["aug=basic"]).aug
     fer = compose_cfg(["aug=fer"]).aug
     strong = compose_cfg(["aug=strong"]).aug
-    assert set(basic) - {"_target_", "mix"} == {"crop", "flip"}
-    assert set(fer) - {"_target_", "mix"} == {"crop", "flip", "affine", "erase"}
-    assert set(strong) - {"_target_", "mix"} == {"crop", "flip", "affine", "erase", "resized_crop", "jitter"}
+    off_unless_asked = {"_target_", "mix", "progressive"}
+    assert set(basic) - off_unless_asked == {"crop", "flip"}
+    assert set(fer) - off_unless_asked == {"crop", "flip", "affine", "erase"}
+    assert set(strong) - off_unless_asked == {"crop", "flip", "affine", "erase", "resized_crop", "jitter"}
     assert basic.mix is None and strong.mix is None  # mixup / CutMix are off unless asked for
+    assert basic.progressive is None and strong.progressive is None
     assert fer.crop == basic.crop and strong.affine == fer.affine
 
 
@@ -261,3 +263,37 @@ def test_progressive_training_evaluates_at_the_full_size(tmp_path, make_folder, 
     assert "Epoch 2 trains on" not in caplog.text  # until 0.5 of 4 epochs: full size from epoch 2
     assert metrics["test/acc"] is not None
     assert th.load(tmp_path / "run" / "checkpoints" / "best.pt", weights_only=True)["meta"]["input_size"] == 28
+
+
+# -- no host synchronisation ---------------------------------------------------------------------------------
+
+
+def test_a_training_batch_of_aug_strong_never_waits_for_the_device(compose_cfg):
+    """On a GPU, boolean-mask indexing (aten::nonzero), .item() (aten::_local_scalar_dense) and tensors made on
+    the host per batch stall the pipeline every step. The CPU profiler sees the same ops: none may appear while
+    an RGB batch goes through aug=strong with mixup/CutMix, the model and the optimizer."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from src.data.inputs import ModelInput
+    from src.models.lenet import LeNet
+
+    cfg = compose_cfg(["aug=strong", "aug.mix={mixup_alpha: 0.2, cutmix_alpha: 1.0, prob: 1.0}",
+                       "aug.jitter.p=0.5", "aug.affine.p=0.5", "aug.resized_crop.p=0.5",
+                       "aug.progressive={start: 16, until: 0.5}"]).aug
+    inputs = ModelInput.for_training([0.5] * 3, [0.25] * 3, instantiate(cfg))
+    inputs.seed(0, torch.device("cpu"))
+    inputs.start_epoch(1, 4, 32)
+    model = LeNet(num_classes=3, in_channels=3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    images, labels = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8), torch.arange(8) % 3
+    inputs.training_batch(images, labels, 3)  # first call: constants moved to the device once
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(3):
+            x, targets, _ = inputs.training_batch(images, labels, 3)
+            loss = torch.nn.functional.cross_entropy(model(x), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    ops = {event.key for event in prof.key_averages()}
+    assert x.shape[-1] == 16  # progressive resizing was on
+    assert not ops & {"aten::nonzero", "aten::_local_scalar_dense", "aten::item"}, sorted(ops)

@@ -400,10 +400,46 @@ def test_a_sweep_job_with_device_auto_trains_on_the_gpu_it_claims(tmp_path, monk
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    emptied = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
     hydra_cfg = OmegaConf.create({"mode": RunMode.MULTIRUN, "sweep": {"dir": str(tmp_path)}})
     jobs = [OmegaConf.create({"trainer": {"device": "auto"}}) for _ in range(2)]
     with gpu_for_sweep_job(jobs[0], hydra_cfg), gpu_for_sweep_job(jobs[1], hydra_cfg):
         assert {jobs[0].trainer.device, jobs[1].trainer.device} == {"cuda:0", "cuda:1"}
+        assert not emptied
+    assert len(emptied) == 2  # each job hands its cached GPU memory back before it releases the GPU
+    # the locks are per machine: a sweep directory on a shared filesystem serves jobs on several hosts
+    assert {p.name for p in (tmp_path / ".gpu_locks").iterdir()} == {__import__("socket").gethostname()}
     chosen = OmegaConf.create({"trainer": {"device": "cpu"}})
     with gpu_for_sweep_job(chosen, hydra_cfg):
         assert chosen.trainer.device == "cpu"  # an explicit device is kept
+
+
+def test_slurm_jobs_and_filesystems_without_locks_claim_no_gpu(tmp_path, monkeypatch, caplog):
+    """Each SLURM job has its own allocation (it sees its GPUs as cuda:0...): claiming the sweep's lock 0 would
+    serialise the whole sweep. Where flock fails (some network filesystems) the job runs without a claim."""
+    import fcntl
+    import logging
+
+    import torch
+    from hydra.types import RunMode
+
+    from src.runtime.sweep_jobs import gpu_for_sweep_job
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    slurm = OmegaConf.create({"mode": RunMode.MULTIRUN, "sweep": {"dir": str(tmp_path)},
+                              "launcher": {"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher."
+                                                       "SlurmLauncher"}})
+    job = OmegaConf.create({"trainer": {"device": "auto"}})
+    with gpu_for_sweep_job(job, slurm):
+        assert job.trainer.device == "auto" and not (tmp_path / ".gpu_locks").exists()
+
+    def no_locks(handle, operation):
+        raise OSError(37, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    local = OmegaConf.create({"mode": RunMode.MULTIRUN, "sweep": {"dir": str(tmp_path)}})
+    with caplog.at_level(logging.WARNING), gpu_for_sweep_job(job, local):
+        assert job.trainer.device == "auto"
+    assert "No GPU claims" in caplog.text and "No locks available" in caplog.text

@@ -495,3 +495,5 @@ def test_fused_optimizer_only_on_cuda(optimizer, device, expected):
 def test_fused_choice_in_the_config_is_kept():
     chosen = partial(torch.optim.Adam, lr=0.1, fused=False)
     assert trainer_module.fused_on_cuda(chosen, torch.device("cuda")) == {}
+    # foreach=true with fused=True added is a RuntimeError in torch: the config's foreach choice is kept
+    assert trainer_module.fused_on_cuda(partial(torch.optim.SGD, lr=0.1, foreach=True), torch.device("cuda")) == {}

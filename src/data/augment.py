@@ -31,6 +31,25 @@ def _applied(p: float, n: int, g: torch.Generator, device) -> torch.Tensor:
     return torch.rand(n, generator=g, device=device) < p
 
 
+# The ops run on the batch's device with no host synchronisation: no boolean-mask indexing (its output
+# size is data-dependent, so the host waits for the device), no host-made tensors per batch, no .item().
+
+def _identity_where_not(applied: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """The (B, 3, 3) sampling matrices `m`, with the identity for the samples the op does not apply to."""
+    return torch.where(applied.view(-1, 1, 1), m, torch.eye(3, device=m.device, dtype=m.dtype))
+
+
+# RGB <-> YIQ (the hue rotation's colour space), as constants moved to each device once.
+_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=torch.float64)
+_YIQ_MATRICES: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _yiq_matrices(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    if device not in _YIQ_MATRICES:
+        _YIQ_MATRICES[device] = (_TO_YIQ.float().to(device), torch.linalg.inv(_TO_YIQ).float().to(device))
+    return _YIQ_MATRICES[device]
+
+
 class PadCrop:
     """Pads by `padding` pixels and crops `size` x `size` (default: the input's size) at a random offset
     per sample. `size` below the image size is the FER2013 papers' training crop (random 44 of 48); the
@@ -88,11 +107,9 @@ class ResizedCrop:
         h = torch.sqrt(area / aspect).clamp(max=1.0)
         cx = (1 - w) * _uniform(-1, 1, b, g, device)  # box centre in [-1, 1] coordinates
         cy = (1 - h) * _uniform(-1, 1, b, g, device)
-        keep = ~_applied(self.p, b, g, device)
-        m = torch.zeros(b, 3, 3, device=device)
-        m[:, 0, 0], m[:, 0, 2], m[:, 1, 1], m[:, 1, 2], m[:, 2, 2] = w, cx, h, cy, 1
-        m[keep] = torch.eye(3, device=device)
-        return m
+        zero, one = torch.zeros_like(w), torch.ones_like(w)
+        m = torch.stack([w, zero, cx, zero, h, cy, zero, zero, one], 1).view(b, 3, 3)
+        return _identity_where_not(_applied(self.p, b, g, device), m)
 
 
 class Affine:
@@ -106,13 +123,11 @@ class Affine:
         angle = torch.deg2rad(_uniform(-self.degrees, self.degrees, b, g, device))
         zoom = _uniform(*self.scale, b, g, device)
         shift = 2 * self.translate * (2 * torch.rand(b, 2, generator=g, device=device) - 1)
-        keep = ~_applied(self.p, b, g, device)
+        applied = _applied(self.p, b, g, device)
         cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-        m = torch.zeros(b, 3, 3, device=device)
-        m[:, 0, 0], m[:, 0, 1], m[:, 1, 0], m[:, 1, 1] = cos, -sin, sin, cos
-        m[:, :2, 2], m[:, 2, 2] = shift, 1
-        m[keep] = torch.eye(3, device=device)
-        return m
+        zero, one = torch.zeros_like(cos), torch.ones_like(cos)
+        m = torch.stack([cos, -sin, shift[:, 0], sin, cos, shift[:, 1], zero, zero, one], 1).view(b, 3, 3)
+        return _identity_where_not(applied, m)
 
 
 class ColorJitter:
@@ -150,14 +165,12 @@ class ColorJitter:
     @staticmethod
     def _rotate_hue(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
         """Rotates the chroma plane of YIQ space by `turns` of a full circle."""
-        to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
-                              device=x.device)
+        to_yiq, from_yiq = _yiq_matrices(x.device)
         theta = 2 * math.pi * turns
-        rot = torch.zeros(len(turns), 3, 3, device=x.device)
-        rot[:, 0, 0] = 1
-        rot[:, 1, 1], rot[:, 1, 2] = torch.cos(theta), -torch.sin(theta)
-        rot[:, 2, 1], rot[:, 2, 2] = torch.sin(theta), torch.cos(theta)
-        full = torch.linalg.inv(to_yiq) @ rot @ to_yiq  # (B, 3, 3)
+        cos, sin = torch.cos(theta), torch.sin(theta)
+        zero, one = torch.zeros_like(cos), torch.ones_like(cos)
+        rot = torch.stack([one, zero, zero, zero, cos, -sin, zero, sin, cos], 1).view(-1, 3, 3)
+        full = from_yiq @ rot @ to_yiq  # (B, 3, 3)
         return torch.einsum("bij,bjhw->bihw", full, x)
 
 

@@ -136,7 +136,9 @@ class ModelInput:
         return {"augment": self._generator.get_state(), "mix": self.mix.state() if self.mix else None}
 
     def set_state(self, state: dict) -> None:
-        self._generator.set_state(state["augment"].cpu())
+        """The streams of a checkpoint (`augment` None: keep the freshly seeded augmentation stream)."""
+        if state.get("augment") is not None:
+            self._generator.set_state(state["augment"].cpu())
         if state.get("mix") and self.mix is not None:
             self.mix.set_state(state["mix"])
 

@@ -37,10 +37,12 @@ def check_fits_in_host_memory(count: int, channels: int, size: int, what: str) -
 
 
 def device_budget_bytes(device: torch.device, max_device_bytes: float | None = None) -> int | None:
-    """How many bytes of dataset may live on `device`: `max_device_bytes`, or half of a GPU's memory.
+    """How many bytes of dataset may live on `device`: `max_device_bytes`, or half of the GPU's free memory
+    (not of its total: another process or the previous job of a sweep worker may hold some of it).
     None on the CPU, where the dataset is in host memory anyway."""
     if max_device_bytes is not None:
         return int(max_device_bytes)
     if device.type == "cuda":
-        return int(DEVICE_FRACTION * torch.cuda.get_device_properties(device).total_memory)
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(DEVICE_FRACTION * free)
     return None

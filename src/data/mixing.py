@@ -15,7 +15,6 @@ import math
 import random
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import ConfigError
 
@@ -53,7 +52,10 @@ class BatchMix:
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, num_classes: int
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """(images, targets): targets are class probabilities (N, num_classes), mixed or one-hot."""
-        targets = F.one_hot(labels, num_classes).to(images.dtype if images.is_floating_point() else torch.float)
+        # one-hot by scatter: F.one_hot checks the labels' range with a host synchronisation (on the CPU)
+        dtype = images.dtype if images.is_floating_point() else torch.float
+        targets = torch.zeros(len(labels), num_classes, dtype=dtype, device=labels.device)
+        targets.scatter_(1, labels.view(-1, 1), 1.0)
         if not self.enabled or self.rng.random() >= self.prob:
             return images, targets
         use_cutmix = self.cutmix_alpha > 0 and (self.mixup_alpha == 0 or self.rng.random() < self.switch_prob)

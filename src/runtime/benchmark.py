@@ -85,6 +85,8 @@ def bare_images_per_s(cfg: DictConfig, data, trainer, batches: int, warmup: int)
         model = model.to(memory_format=torch.channels_last)
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    # fp16 trains with a loss scaler, as the runner does (its cost belongs to the ceiling too)
+    scaler = torch.amp.GradScaler(device.type, enabled=trainer.precision == "fp16")
     order = torch.randperm(len(y), device=device)
     bs = data.batch_size
 
@@ -94,8 +96,9 @@ def bare_images_per_s(cfg: DictConfig, data, trainer, batches: int, warmup: int)
             out = model(x[index])
             loss = F.cross_entropy(out[0] if isinstance(out, tuple) else out, y[index])
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
 
     return _timed_images_per_s(step, batches, warmup, bs, device)
 

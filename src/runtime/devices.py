@@ -38,6 +38,11 @@ def resolve_device(name: str, local_rank: int | None = None) -> torch.device:
         device = torch.device(name)
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ConfigError(f"trainer.device={name} but only {torch.cuda.device_count()} GPU(s) are visible")
+        if device.index is not None:
+            # Before anything touches CUDA: whatever runs on "the current device" (a process-group
+            # collective, a query, a tensor made without a device) then runs on this GPU, and a process of
+            # a DDP launch never opens a context on GPU 0 as well.
+            torch.cuda.set_device(device)
         return device
     raise ConfigError(f"trainer.device={name} is invalid: use auto, cpu, cuda or cuda:N")
 
@@ -55,8 +60,15 @@ def resolve_precision(name: str, device: torch.device) -> str:
     if name not in ("auto", *DTYPES):
         raise ConfigError(f"trainer.precision={name} is invalid: use auto, fp32, bf16 or fp16")
     if device.type == "cuda":
+        # bf16 runs natively from Ampere (compute capability 8.0) on; before that (V100, T4) it is emulated
+        # and slow, and fp16 with a GradScaler is the fast choice. (torch.cuda.is_bf16_supported() also
+        # counts emulation, and asks the current device, not this one.)
+        native_bf16 = torch.cuda.get_device_capability(device)[0] >= 8
         if name == "auto":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            return "bf16" if native_bf16 else "fp16"
+        if name == "bf16" and not native_bf16:
+            log.warning("This GPU (compute capability %d.%d) has no native bf16: it is emulated and slow; "
+                        "trainer.precision=fp16 (or auto) is faster", *torch.cuda.get_device_capability(device))
         return name
     if name == "fp16":
         raise ConfigError("trainer.precision=fp16 needs a CUDA GPU; on CPU use bf16 or fp32")
@@ -92,11 +104,14 @@ def seconds_since_process_start() -> float | None:
 
 
 def fused_on_cuda(optimizer, device: torch.device) -> dict:
-    """{"fused": True} when on CUDA the optimizer has a fused kernel and the config did not choose:
+    """{"fused": True} when on CUDA the optimizer has a fused kernel and the config did not choose (neither
+    fused nor foreach):
     one kernel for all parameters instead of several per tensor. On CPU the fused kernels gave no
     measurable gain (see README, Performance), so the default implementation stays."""
     func = getattr(optimizer, "func", optimizer)
     chosen = getattr(optimizer, "keywords", {})
-    if device.type == "cuda" and "fused" not in chosen and "fused" in inspect.signature(func).parameters:
+    # fused and foreach exclude each other: a config that chose either keeps its choice
+    choose = not {"fused", "foreach"} & {key for key, value in chosen.items() if value is not None}
+    if device.type == "cuda" and choose and "fused" in inspect.signature(func).parameters:
         return {"fused": True}
     return {}

@@ -2,15 +2,21 @@
 of the CPU cores.
 
 A job whose trainer.device is `auto` claims the first GPU nobody else holds, with an exclusive lock
-on <sweep dir>/.gpu_locks/<index>.lock, and waits when all are taken. The lock is released when the
-job ends (or its process dies: the kernel drops flock locks of dead processes, so a crash frees its GPU).
+on <sweep dir>/.gpu_locks/<host>/<index>.lock, and waits when all are taken. The lock is released when
+the job ends, after its cached GPU memory is handed back (a joblib worker lives on to run the next job),
+or when its process dies (the kernel drops flock locks of dead processes, so a crash frees its GPU).
+Only jobs that share a machine claim: the locks are per host (a sweep directory on a shared filesystem
+serves several machines), and jobs of the SLURM launcher, each in its own allocation with its own GPUs,
+claim nothing. Where the filesystem has no flock, jobs do not claim (a warning says so).
 On the CPU, each job takes cores / jobs threads (cpu_threads_for_sweep_job).
 """
 from __future__ import annotations
 
 import fcntl
+import gc
 import logging
 import os
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +27,8 @@ log = logging.getLogger(__name__)
 
 @contextmanager
 def claim_gpu(lock_dir: str | os.PathLike, count: int, poll_s: float = 2.0) -> Iterator[int]:
-    """Holds the lock of one of `count` GPUs for the duration of the `with` block; yields its index."""
+    """Holds the lock of one of `count` GPUs for the duration of the `with` block; yields its index.
+    Raises OSError where the filesystem does not lock (some network filesystems)."""
     lock_dir = Path(lock_dir)
     lock_dir.mkdir(parents=True, exist_ok=True)
     waited = False
@@ -51,17 +58,32 @@ def gpu_for_sweep_job(cfg, hydra_cfg) -> Iterator[None]:
     itself (sets trainer.device=cuda:<index>); otherwise nothing changes."""
     import torch
     from hydra.types import RunMode
+    from omegaconf import OmegaConf
 
     from .distributed import launched_world_size
 
+    launcher = str(OmegaConf.select(hydra_cfg, "launcher._target_", default="") or "")
     if (hydra_cfg.mode != RunMode.MULTIRUN or cfg.trainer.device != "auto" or launched_world_size() > 1
-            or not torch.cuda.is_available()):
+            or not torch.cuda.is_available() or launcher.endswith("SlurmLauncher")):
         yield
         return
-    with claim_gpu(Path(hydra_cfg.sweep.dir) / ".gpu_locks", torch.cuda.device_count()) as index:
+    lock_dir = Path(hydra_cfg.sweep.dir) / ".gpu_locks" / socket.gethostname()
+    try:
+        claim = claim_gpu(lock_dir, torch.cuda.device_count())
+        index = claim.__enter__()
+    except OSError as exc:
+        log.warning("No GPU claims in %s (%s): the jobs of this sweep on this machine may share GPUs", lock_dir,
+                    exc.strerror or exc)
+        yield
+        return
+    try:
         cfg.trainer.device = f"cuda:{index}"
         log.info("This job trains on cuda:%d (one GPU per job of the sweep)", index)
         yield
+    finally:
+        gc.collect()  # the job's model and data, then the memory the caching allocator kept of them, before
+        torch.cuda.empty_cache()  # the next job of this worker process (or another process) gets the GPU
+        claim.__exit__(None, None, None)
 
 
 def cpu_threads_for_sweep_job(cfg, hydra_cfg) -> None:

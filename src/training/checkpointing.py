@@ -94,8 +94,11 @@ class Resumable:
     device: torch.device
 
     def content(self, epoch: int, state: FitState, progress: EpochProgress | None, meta: dict) -> dict:
+        # The run's own GPU only (by device, not by index among the visible ones): another machine may show
+        # other GPUs, or the run may resume on the CPU.
         rng = {"torch": torch.get_rng_state(), "shuffle": self.batch_order.get_state(), **self.inputs.state(),
-               "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []}
+               "device": self.device.type,
+               "cuda": [torch.cuda.get_rng_state(self.device)] if self.device.type == "cuda" else []}
         return {"epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "state": state.as_dict(), "progress": progress.as_dict() if progress else None,
@@ -117,21 +120,26 @@ class Resumable:
                             f"as the run that wrote it): {str(exc).splitlines()[0]}") from None
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
+        if ckpt["scaler"]:  # empty from a run without fp16: the scaler starts afresh
+            self.scaler.load_state_dict(ckpt["scaler"])
         rng = ckpt["rng"]
-        torch.set_rng_state(rng["torch"].cpu())
+        torch.set_rng_state(rng["torch"].cpu())  # host streams: the same on any device
         self.batch_order.set_state(rng["shuffle"].cpu())
-        self.inputs.set_state(rng)
+        saved_on = rng.get("device") or ("cuda" if rng["cuda"] else "cpu")  # older checkpoints: by their cuda states
+        if saved_on == self.device.type:
+            self.inputs.set_state(rng)
+            if rng["cuda"] and self.device.type == "cuda":
+                torch.cuda.set_rng_state(rng["cuda"][0].cpu(), self.device)
+        else:  # a CPU generator's state does not fit a GPU's, nor the other way round
+            log.warning("%s was written by a run on %s and resumes on %s: the random streams on the device "
+                        "(augmentation, dropout) start afresh from the seed, so the run goes on but not bit for bit "
+                        "as it would have on %s", path, saved_on, self.device.type, saved_on)
+            self.inputs.set_state({**rng, "augment": None})
         if self.ema:
             if not ckpt.get("ema"):
                 raise UserError(f"checkpoint {path} has no EMA of the weights: resume with the settings of "
                                 "the run that wrote it (trainer.ema_decay)")
             self.ema.load_state_dict(ckpt["ema"])
-        if rng["cuda"] and self.device.type == "cuda":
-            if ddp.world_size() > 1:  # each rank's generator went in step with rank 0's, which was cuda:0's
-                torch.cuda.set_rng_state(rng["cuda"][0].cpu(), self.device)
-            else:
-                torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
         progress = EpochProgress(**ckpt["progress"]) if ckpt.get("progress") else None
         if progress:
             progress.shuffle_state = progress.shuffle_state.cpu()

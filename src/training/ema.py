@@ -22,25 +22,32 @@ class ModelEma:
             raise ConfigError(f"trainer.ema_decay={decay} is invalid: it must be in (0, 1), e.g. 0.999, or null (off)")
         self.decay = decay
         self.steps = 0
+        self._paired_with, self._pairs = None, ([], [], [])
         self.module = copy.deepcopy(model).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
 
-    def _pairs(self, model: nn.Module):
-        ema_state, state = self.module.state_dict(), model.state_dict()
-        return [(ema_state[k], state[k]) for k in ema_state]
+    def _tensors(self, model: nn.Module) -> tuple[list, list, list]:
+        """(EMA floats, the model's floats, (EMA, model) integer pairs): the state-dict tensors, which share
+        storage with the modules and so follow every in-place update. Built once per model, not every step."""
+        if self._paired_with is not model:
+            ema_state, state = self.module.state_dict(), model.state_dict()
+            floats = [(ema_state[k], state[k]) for k in ema_state if ema_state[k].is_floating_point()]
+            self._pairs = ([e for e, _ in floats], [m for _, m in floats],
+                           [(ema_state[k], state[k]) for k in ema_state if not ema_state[k].is_floating_point()])
+            self._paired_with = model
+        return self._pairs
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
+        """One step of the average; the trainer calls it after every optimizer step that changed the weights."""
         self.steps += 1
         decay = min(self.decay, (1 + self.steps) / (10 + self.steps))
-        floats = [(e, m) for e, m in self._pairs(model) if e.is_floating_point()]
-        if floats:
-            ema, current = zip(*floats)
-            torch._foreach_lerp_(list(ema), list(current), 1 - decay)  # one fused kernel over all tensors
-        for e, m in self._pairs(model):
-            if not e.is_floating_point():
-                e.copy_(m)
+        ema, current, integers = self._tensors(model)
+        if ema:
+            torch._foreach_lerp_(ema, current, 1 - decay)  # one fused kernel over all tensors
+        for e, m in integers:
+            e.copy_(m)
 
     def state_dict(self) -> dict:
         return {"module": self.module.state_dict(), "steps": self.steps}

@@ -264,18 +264,13 @@ class Trainer:
             x, targets, labels = recipe.inputs.training_batch(images, labels, run.num_classes)
             with autocast(self.device, self.precision):
                 logits, loss = self._loss(run.step_model(x), targets, recipe.criterion)
-            parts.optimizer.zero_grad(set_to_none=True)
-            parts.scaler.scale(loss).backward()
-            if self.gradient_clip_val:
-                parts.scaler.unscale_(parts.optimizer)
-                nn.utils.clip_grad_norm_(parts.model.parameters(), self.gradient_clip_val)
-            parts.scaler.step(parts.optimizer)
-            parts.scaler.update()
-            if parts.ema:
-                parts.ema.update(parts.model)
-            meter.update(i, parts.optimizer.param_groups[0]["lr"], loss.detach(), logits.detach(), labels)
-            if recipe.schedule.per_batch:
-                parts.scheduler.step()
+            lr = parts.optimizer.param_groups[0]["lr"]
+            if self._optimizer_step(parts, loss):
+                if parts.ema:
+                    parts.ema.update(parts.model)
+                if recipe.schedule.per_batch:
+                    parts.scheduler.step()
+            meter.update(i, lr, loss.detach(), logits.detach(), labels)
             run.profiler.step()
             bar.step(meter)
             run.first_step.after_step(self.device)
@@ -290,6 +285,21 @@ class Trainer:
         bar.close()
         meter.check_finite(progress.epoch)
         return meter.result()
+
+    def _optimizer_step(self, parts: Resumable, loss: torch.Tensor) -> bool:
+        """Backward and optimizer step (gradient clipping on the unscaled gradients); returns whether the
+        weights changed. With fp16 the GradScaler skips a step whose gradients overflowed (and lowers its
+        scale): the EMA and a per-step schedule then do not advance either. (scaler.step already waits for
+        the device to know; without a scaler nothing is read back.)"""
+        parts.optimizer.zero_grad(set_to_none=True)
+        parts.scaler.scale(loss).backward()
+        if self.gradient_clip_val:
+            parts.scaler.unscale_(parts.optimizer)
+            nn.utils.clip_grad_norm_(parts.model.parameters(), self.gradient_clip_val)
+        scale = parts.scaler.get_scale() if parts.scaler.is_enabled() else None
+        parts.scaler.step(parts.optimizer)
+        parts.scaler.update()
+        return scale is None or parts.scaler.get_scale() >= scale
 
     def _log_epoch(self, record: dict, best: bool) -> None:
         line = (f"epoch {record['epoch']}/{self.max_epochs}  train loss {record['train/loss']:.4f} "
