@@ -97,6 +97,28 @@ def test_two_processes_train_one_run_equal_to_one_process_with_the_global_batch(
 
 
 @pytest.mark.slow
+def test_each_rank_draws_its_own_augmentation_and_a_resume_restores_every_rank(tmp_path, data_root):
+    """With augmentation and dropout on, each rank has its own streams (seeded per rank), every rank's streams
+    are in last.pt, and a 2-process run resumed from epoch 1 ends as the uninterrupted one."""
+    cache = tmp_path / "cache"
+    recipe = ["trainer=ddp", *fast_overrides(data_root, cache, "aug=fer", "model.dropout=0.3")]
+
+    def run(name: str, *overrides: str) -> dict:
+        result = torchrun(*recipe, *overrides, f"hydra.run.dir={quote(tmp_path / name)}")
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return read_metrics(tmp_path / name)
+
+    whole = run("A", "trainer.max_epochs=2")
+    saved = torch.load(tmp_path / "A" / "checkpoints" / "last.pt", weights_only=True)["rng"]
+    (other,) = saved["ranks"]
+    assert not torch.equal(other["augment"], saved["augment"]) and not torch.equal(other["torch"], saved["torch"])
+    run("B", "trainer.max_epochs=1")
+    resumed = run("C", "trainer.max_epochs=2", f"ckpt_path={quote(tmp_path / 'B' / 'checkpoints' / 'last.pt')}")
+    assert {k: v for k, v in resumed.items() if k not in TIMING_KEYS} == \
+        {k: v for k, v in whole.items() if k not in TIMING_KEYS}
+
+
+@pytest.mark.slow
 def test_torchrun_with_a_single_process_trainer_is_a_clear_error(tmp_path, data_root):
     out = tmp_path / "out"
     result = torchrun(*fast_overrides(data_root, tmp_path / "cache"), f"paths.output_dir={quote(out)}")

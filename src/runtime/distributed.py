@@ -172,6 +172,16 @@ def any_rank(flag: bool) -> bool:
     return bool(all_reduce(torch.tensor([int(flag)], device=_device), "max").item())
 
 
+def gather_to_main(value) -> list | None:
+    """Every rank's `value` (any picklable object), in rank order, on rank 0; None on the other ranks.
+    [value] in one process."""
+    if not is_distributed():
+        return [value]
+    gathered = [None] * world_size() if is_main() else None
+    dist.gather_object(value, gathered, dst=0)
+    return gathered
+
+
 def broadcast_buffers(model: nn.Module) -> None:
     """Rank 0's buffers (batch-norm running statistics) on every rank. DDP syncs them at the start of
     each training forward, so after the last step of an epoch each rank has updated them with its own

@@ -93,16 +93,37 @@ class Resumable:
     ema: ModelEma | None
     device: torch.device
 
-    def content(self, epoch: int, state: FitState, progress: EpochProgress | None, meta: dict) -> dict:
-        # The run's own GPU only (by device, not by index among the visible ones): another machine may show
-        # other GPUs, or the run may resume on the CPU.
-        rng = {"torch": torch.get_rng_state(), "shuffle": self.batch_order.get_state(), **self.inputs.state(),
-               "device": self.device.type,
-               "cuda": [torch.cuda.get_rng_state(self.device)] if self.device.type == "cuda" else []}
+    def rank_rng(self) -> dict:
+        """This process's random streams. The batch order is drawn alike on every rank; the others (dropout,
+        augmentation, mixing) are each rank's own under DDP. The run's own GPU only (by device, not by
+        index among the visible ones): another machine may show other GPUs, or the run may resume on the CPU."""
+        return {"torch": torch.get_rng_state(), **self.inputs.state(), "device": self.device.type,
+                "cuda": [torch.cuda.get_rng_state(self.device)] if self.device.type == "cuda" else []}
+
+    def content(self, epoch: int, state: FitState, progress: EpochProgress | None, meta: dict,
+                rank_streams: list[dict] | None = None) -> dict:
+        """A checkpoint; under DDP `rank_streams` (every rank's rank_rng, gathered on rank 0) holds the
+        other ranks' streams as rng["ranks"]."""
+        rng = {**(rank_streams or [self.rank_rng()])[0], "shuffle": self.batch_order.get_state(),
+               "ranks": (rank_streams or [])[1:]}
         return {"epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "state": state.as_dict(), "progress": progress.as_dict() if progress else None,
                 "meta": meta, "rng": rng, "ema": self.ema.state_dict() if self.ema else None}
+
+    @staticmethod
+    def _rank_streams(rng: dict, path) -> dict:
+        """This rank's streams in a checkpoint: rank 0's are rng itself, rank r's rng["ranks"][r - 1]. A run
+        resumed with another number of processes gives the new ranks fresh streams from the seed."""
+        rank, others = ddp.rank(), rng.get("ranks") or []
+        if rank == 0:
+            return rng
+        if len(others) == ddp.world_size() - 1:
+            return others[rank - 1]
+        if rank == 1:
+            log.warning("%s was written by %d process(es) and resumes with %d: the random streams of ranks "
+                        "beyond its own start afresh from the seed", path, len(others) + 1, ddp.world_size())
+        return {**rng, "torch": torch.get_rng_state(), "augment": None, "mix": None, "cuda": []}
 
     def restore(self, ckpt: dict, path) -> tuple[FitState, EpochProgress | None]:
         """Loads a checkpoint's training state into these objects (types checked first: a checkpoint may
@@ -122,9 +143,9 @@ class Resumable:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if ckpt["scaler"]:  # empty from a run without fp16: the scaler starts afresh
             self.scaler.load_state_dict(ckpt["scaler"])
-        rng = ckpt["rng"]
+        self.batch_order.set_state(ckpt["rng"]["shuffle"].cpu())
+        rng = self._rank_streams(ckpt["rng"], path)
         torch.set_rng_state(rng["torch"].cpu())  # host streams: the same on any device
-        self.batch_order.set_state(rng["shuffle"].cpu())
         saved_on = rng.get("device") or ("cuda" if rng["cuda"] else "cpu")  # older checkpoints: by their cuda states
         if saved_on == self.device.type:
             self.inputs.set_state(rng)
@@ -164,9 +185,10 @@ class RunCheckpoints:
     def save(self, parts: Resumable, state: FitState, improved: bool) -> None:
         """After an epoch. best.pt: with an EMA of the weights the EMA is the model that was selected (its
         val metrics are the monitored ones), so it is best.pt's model, the one evaluate / predict load."""
+        streams = ddp.gather_to_main(parts.rank_rng())  # a collective: every rank takes part
         if not ddp.is_main():
             return
-        content = parts.content(state.epoch, state, None, self.meta)
+        content = parts.content(state.epoch, state, None, self.meta, streams)
         save_checkpoint(self.last, content)
         if improved:
             save_checkpoint(self.best, {**content, "model": parts.ema.module.state_dict()} if parts.ema else content)
@@ -177,8 +199,9 @@ class RunCheckpoints:
 
     def save_interrupted(self, parts: Resumable, state: FitState, progress: EpochProgress) -> None:
         """Mid-epoch, after Ctrl-C: last.pt with the position in the epoch."""
+        streams = ddp.gather_to_main(parts.rank_rng())
         if ddp.is_main():
-            save_checkpoint(self.last, parts.content(progress.epoch - 1, state, progress, self.meta))
+            save_checkpoint(self.last, parts.content(progress.epoch - 1, state, progress, self.meta, streams))
         ddp.barrier()  # a rank that exits first makes torchrun stop rank 0, perhaps mid-write
 
     def resume(self, path: str | Path, parts: Resumable, classes: list[str]) -> tuple[FitState, EpochProgress | None]:

@@ -31,6 +31,8 @@ from .tensorboard_logger import NullLogger
 
 log = logging.getLogger(__name__)
 
+RANK_SEED_STRIDE = 1_000_003  # rank r's random streams start from seed + r * this (apart from any seed sweep)
+
 
 @dataclass
 class Recipe:
@@ -152,7 +154,13 @@ class Trainer:
             loader.shard(ddp.rank(), self.world_size)
         steps = self.debug.train_steps(len(loader))
         optimizer = recipe.optimizer(model.parameters(), **fused_on_cuda(recipe.optimizer, self.device))
-        recipe.inputs.seed(recipe.seed, self.device)
+        # Under DDP each rank draws its own crops, flips, erasing, mixing and dropout masks: seeded alike, the
+        # ranks would repeat each other's draws (B independent samples instead of B x world size). Rank 0
+        # keeps the run's seed, so one process trains as before; the weights are rank 0's (DDP broadcasts).
+        rank_seed = recipe.seed + RANK_SEED_STRIDE * ddp.rank()
+        recipe.inputs.seed(rank_seed, self.device)
+        if ddp.rank() > 0:
+            torch.manual_seed(rank_seed)
         step_model = ddp.wrap(model, self.device)
         parts = Resumable(
             model=model, optimizer=optimizer,
