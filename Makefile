@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: train test test-slow lint clean
+.PHONY: train test test-slow gpu-check lint clean
 
 $(VENV)/.base: pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,9 @@ test: $(VENV)/.dev  ## the offline test suite (about 5 minutes on 2 cores)
 
 test-slow: $(VENV)/.dev  ## the slow tests the default run leaves out (sweeps, launchers, torchrun, recipes, packaging)
 	$(PY) -m pytest -q -m slow $(ARGS)
+
+gpu-check: $(VENV)/.dev  ## on a CUDA machine: CUDA tests, benchmark, a 2-minute FER2013 training, DDP (about 8 min); elsewhere the skip table
+	$(PY) -m src.gpu_check $(ARGS)
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check src tests

@@ -147,3 +147,46 @@ def test_the_data_budget_on_a_gpu_is_half_of_its_free_memory(monkeypatch):
     assert device_budget_bytes(torch.device("cuda:0")) == int(DEVICE_FRACTION * 10 * 2**30)
     assert device_budget_bytes(torch.device("cuda:0"), 123) == 123  # data.max_device_bytes wins
     assert device_budget_bytes(torch.device("cpu")) is None
+
+
+def test_gpu_check_on_a_cpu_machine_says_what_it_skipped(tmp_path, capsys):
+    from src import gpu_check
+
+    assert gpu_check.main(["--out", str(tmp_path), "--data-dir", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("| skipped | no CUDA GPU here") == 5
+    assert (tmp_path / "gpu_check.md").read_text().strip() == printed.strip()
+
+
+def test_gpu_check_runs_each_step_within_its_limit_and_tabulates_its_figures(tmp_path, monkeypatch, capsys):
+    """The orchestration on a faked one-GPU machine, with stand-in steps: figures from what a step wrote, a
+    failing step and one over its time limit are FAILED (exit 1), a 2-GPU step is skipped."""
+    import json
+    import sys
+
+    from src import gpu_check
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=0: "Fake GPU")
+    (tmp_path / "data" / "fer2013" / "train").mkdir(parents=True)
+    metrics = {"val/acc": 0.5, "test/acc": 0.25, "train/epoch_time_s": 2.0, "train/images_per_s": 1000.0}
+    write = f"import json, pathlib; p = pathlib.Path({str(tmp_path / 'out' / 'train')!r}); p.mkdir(); " \
+            f"(p / 'metrics.json').write_text(json.dumps({metrics!r}))"
+    stand_ins = [
+        gpu_check.Step("tests", [sys.executable, "-c", "print('3 passed')"], 30),
+        gpu_check.Step("training", [sys.executable, "-c", write], 30, "train"),
+        gpu_check.Step("broken", [sys.executable, "-c", "raise SystemExit(3)"], 30),
+        gpu_check.Step("hangs", [sys.executable, "-c", "import time; time.sleep(30)"], 1),
+        gpu_check.Step("two GPUs", [sys.executable, "-c", "pass"], 30, gpus=2),
+    ]
+    monkeypatch.setattr(gpu_check, "steps", lambda out: stand_ins)
+    code = gpu_check.main(["--out", str(tmp_path / "out"), "--data-dir", str(tmp_path / "data")])
+    table = capsys.readouterr().out
+    assert code == 1 and "GPU check on Fake GPU" in table
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")}
+    assert "| passed | 3 passed |" in rows["tests"]
+    assert "val acc 0.5000, test acc 0.2500, 2.0 s/epoch, 1,000 img/s" in rows["training"]
+    assert "FAILED (exit 3)" in rows["broken"] and "FAILED (over 1 s)" in rows["hangs"]
+    assert "| skipped | needs 2 GPUs, 1 here |" in rows["two GPUs"]
+    assert json.loads((tmp_path / "out" / "train" / "metrics.json").read_text())["val/acc"] == 0.5
