@@ -26,6 +26,7 @@ log = logging.getLogger("src.train")
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     """Returns the monitored validation metric, for Hydra sweepers."""
+    distributed.adopt_submitit_tasks()  # a job of several submitit tasks: one DDP run, as under torchrun
     distributed.quiet_other_ranks()
     hydra_cfg = HydraConfig.get()
     run_dir = hydra_cfg.runtime.output_dir

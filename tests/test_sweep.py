@@ -285,6 +285,32 @@ def test_parallel_launchers_run_a_two_job_sweep(tmp_path, data_root, launcher):
 
 
 @pytest.mark.slow
+def test_a_sweep_of_multi_process_jobs_with_submitit_tasks(tmp_path, data_root):
+    """2 jobs, each one DDP run of 2 submitit tasks (gloo): one run directory per job, written by rank 0, one
+    row per job, and each job's metrics those of the same job in one process with the global batch."""
+    from src.training.experiment import train
+    from tests.helpers import TIMING_KEYS, compose_train
+
+    sweep, result = run_sweep(tmp_path, data_root, "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2",
+                              "hydra.launcher.timeout_min=5", "trainer=ddp", "trainer.backend=gloo", "seed=1,2",
+                              timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = read_csv(sweep / "summary.csv")
+    assert sorted(r["run"] for r in rows) == ["seed=1", "seed=2"] and {r["status"] for r in rows} == {"completed"}
+    assert len((sweep / "jobs.jsonl").read_text().splitlines()) == 2  # each job recorded once, by its rank 0
+    for row in rows:
+        job = Path(row["dir"])
+        metrics = json.loads((job / "metrics.json").read_text())
+        assert metrics["world_size"] == 2
+        seed = row["run"].split("=")[1]
+        single = train(compose_train(fast_overrides(data_root, tmp_path / "cache", "trainer.max_epochs=2",
+                                                    "data.batch_size=16", f"seed={seed}")), tmp_path / f"single{seed}")
+        for key, value in single.items():
+            if key not in TIMING_KEYS:
+                assert metrics[key] == (pytest.approx(value, abs=1e-5) if isinstance(value, float) else value), key
+
+
+@pytest.mark.slow
 def test_optuna_search_maximizes_the_returned_val_metric(tmp_path, data_root):
     sweep, result = run_sweep(tmp_path, data_root, "hparams_search=fer_optuna", "hydra.sweeper.n_trials=3",
                               "trainer.max_epochs=1")

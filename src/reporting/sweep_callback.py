@@ -18,6 +18,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from ..entry import take_job_error
+from ..runtime.distributed import launched_rank
 from .comparison import collect_runs, read_job_records, write_comparison
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,8 @@ def _error_of(job_return: JobReturn) -> str:
 
 class SweepSummary(Callback):
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs) -> None:
-        if config.hydra.mode != RunMode.MULTIRUN:
+        # A job run as several processes (submitit tasks of one DDP run) is recorded once, by rank 0.
+        if config.hydra.mode != RunMode.MULTIRUN or launched_rank() != 0:
             return
         error = _error_of(job_return)
         sweep_dir = Path(config.hydra.sweep.dir)

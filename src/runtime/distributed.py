@@ -1,6 +1,7 @@
 """DistributedDataParallel under torchrun: ranks, the process group, reductions and sharding.
 
-`torchrun --nproc_per_node=N -m src.train trainer=ddp` starts N processes (ranks). Each trains on its
+`torchrun --nproc_per_node=N -m src.train trainer=ddp` starts N processes (ranks); so does a job of the
+submitit launcher with N tasks (`hydra.launcher.tasks_per_node`, `nodes`: adopt_submitit_tasks). Each trains on its
 share of every epoch (`data.loader.shard_order`), evaluates its share of each split (`map_shards`), and all of
 them reach the same numbers: every decision (best epoch, early stopping, a plateau schedule) is then
 taken identically on every rank without further messages. Rank 0 alone writes files.
@@ -32,8 +33,23 @@ _device: torch.device | None = None  # where collectives put their tensors: the 
 # -- what torchrun says (environment variables, readable before any process group exists) -----------------
 
 
+def adopt_submitit_tasks() -> None:
+    """A job of Hydra's submitit launcher with several tasks (hydra.launcher.tasks_per_node, nodes: on
+    SLURM, or locally with submitit_local) is one DDP run whose processes submitit started, one per task:
+    this exports the environment torchrun would have set (MASTER_ADDR/PORT from the job's first host and
+    job id, RANK, WORLD_SIZE, LOCAL_RANK), after which everything here works as under torchrun. Does
+    nothing outside such a job, under torchrun, or with one task."""
+    if "SUBMITIT_EXECUTOR" not in os.environ or "TORCHELASTIC_RUN_ID" in os.environ:
+        return
+    from submitit import JobEnvironment
+    from submitit.helpers import TorchDistributedEnvironment
+
+    if JobEnvironment().num_tasks > 1:
+        TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+
+
 def launched_world_size() -> int:
-    """The number of processes torchrun started (1 without torchrun)."""
+    """The number of processes torchrun (or a submitit job's tasks) started; 1 otherwise."""
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
