@@ -5,6 +5,7 @@ import hashlib
 import logging
 import os
 import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -257,3 +258,88 @@ def test_fer2013_csv_is_parsed_once(tmp_path, cache_dir, monkeypatch):
     assert len(read_fer(csv, cache_dir).splits["test"]) == 1
     assert len(calls) == 2
     assert np.all(first.splits["val"].images.numpy() == read_fer(csv, cache_dir).splits["val"].images.numpy())
+
+
+# -- the first decode: parallel, in parts, resumable ---------------------------------------------------------
+
+
+def _folder(tmp_path: Path) -> Path:
+    from tests.helpers import write_dataset
+
+    root = write_dataset(tmp_path / "faces", per_class=40, size=32)
+    (root / "top" / "img_000.png").write_bytes(b"not an image")  # one unreadable image, in part 0
+    return root
+
+
+def test_a_decode_in_parts_on_several_processes_equals_one_in_one_go(tmp_path, monkeypatch):
+    root = _folder(tmp_path)
+    whole = sources.read_folder(root, 1, 24, None, on_bad_image="skip")  # one part: one process
+    monkeypatch.setattr(sources, "DECODE_PART", 16)  # 120 images: 8 parts on 2 worker processes
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    # torch's thread pool running in this process, as in a training: a forked worker that used torch would hang
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    torch.ones(4096, 48, 48, 1).permute(0, 3, 1, 2).contiguous()  # at::parallel_for: an OpenMP team
+    result = {}
+    worker = threading.Thread(target=lambda: result.setdefault(
+        "data", sources.read_folder(root, 1, 24, str(tmp_path / "cache"), on_bad_image="skip")), daemon=True)
+    worker.start()
+    worker.join(timeout=120)
+    torch.set_num_threads(threads)
+    assert "data" in result, "the parallel decode did not finish in 120 s (a worker hung?)"
+    parts = result["data"]
+    for name, split in whole.splits.items():
+        assert torch.equal(parts.splits[name].images, split.images) and parts.splits[name].files == split.files
+    assert not list((tmp_path / "cache").glob("*.parts"))  # the complete entry replaced its parts
+
+
+def test_an_interrupted_decode_goes_on_from_its_parts_and_ends_the_same(tmp_path, monkeypatch, caplog):
+    root = _folder(tmp_path)
+    monkeypatch.setattr(sources, "DECODE_PART", 16)
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)  # in this process, so that the interruption can be placed
+    reference = sources.read_folder(root, 1, 24, str(tmp_path / "reference"), on_bad_image="skip")
+    real = sources._decode_part
+    decoded = []
+
+    def interrupted_after_three_parts(paths, start, channels, size):
+        if len(decoded) == 3:
+            raise KeyboardInterrupt
+        decoded.append(start)
+        return real(paths, start, channels, size)
+
+    monkeypatch.setattr(sources, "_decode_part", interrupted_after_three_parts)
+    with pytest.raises(KeyboardInterrupt):
+        sources.read_folder(root, 1, 24, str(tmp_path / "cache"), on_bad_image="skip")
+    (parts_dir,) = (tmp_path / "cache").glob("*.parts")
+    assert len(list(parts_dir.glob("*.pt"))) == 3
+    # a part damaged meanwhile is decoded again, not trusted
+    damaged = sorted(parts_dir.glob("*.pt"))[1]
+    damaged.write_bytes(damaged.read_bytes()[:-100])
+    decoded.clear()
+    monkeypatch.setattr(sources, "_decode_part", lambda *args: decoded.append(args[1]) or real(*args))
+    with caplog.at_level(logging.INFO):
+        resumed = sources.read_folder(root, 1, 24, str(tmp_path / "cache"), on_bad_image="skip")
+    assert "2 of 8 parts were done" in caplog.text
+    assert sorted(decoded) == [16] + list(range(48, 128, 16))  # the damaged part and the five never decoded
+    for name, split in reference.splits.items():
+        assert torch.equal(resumed.splits[name].images, split.images) and resumed.splits[name].files == split.files
+    entry, = (tmp_path / "cache").glob("*.pt")
+    assert hashlib.sha256(entry.read_bytes()).digest() == hashlib.sha256(
+        next((tmp_path / "reference").glob("*.pt")).read_bytes()).digest()
+
+
+def test_the_decode_worker_uses_no_torch(tmp_path, monkeypatch):
+    """The workers are forked from a process whose torch thread pool is running: a worker that called into
+    torch (a large .contiguous(), say) would hang. The worker's function must use PIL and numpy only."""
+    import src.data.images as images_module
+
+    class NoTorch:
+        def __getattr__(self, name):
+            pytest.fail(f"torch.{name} used in the decode worker")
+
+    root = _folder(tmp_path)
+    paths = sorted(str(p) for p in (root / "middle").iterdir())[:5]
+    monkeypatch.setattr(sources, "torch", NoTorch())
+    monkeypatch.setattr(images_module, "torch", NoTorch())
+    decoded, bad = sources._decode_part(paths, 10, 1, 24)
+    assert decoded.shape == (5, 24, 24, 1) and decoded.dtype == np.uint8 and bad == []

@@ -101,30 +101,68 @@ class DecodeCache:
         self.path = Path(cache_dir).expanduser() / f"{slug}-{key[:24]}.pt" if cache_dir is not None else None
 
     def load(self) -> dict | None:
-        if self.path is None or not self.path.exists():
-            return None
+        data = self._read(self.path, self.key) if self.path is not None and self.path.exists() else None
+        if data is not None:
+            log.info("Loaded decoded %s from cache %s", self.name, self.path)
+        return data
+
+    def _read(self, path: Path, key: str, quiet: bool = False) -> dict | None:
+        """The data of an entry (or part) written under `key`, None when it fails its check or is unreadable."""
         try:
-            with open_regular(self.path) as f:
+            with open_regular(path) as f:
                 entry = torch.load(f, weights_only=True)
             data = entry["data"] if isinstance(entry, dict) else None
-            if (isinstance(data, dict) and entry.get("key") == self.key and isinstance(entry.get("digest"), str)
-                    and hmac.compare_digest(entry["digest"], _digest(self.key, data))):
-                log.info("Loaded decoded %s from cache %s", self.name, self.path)
+            if (isinstance(data, dict) and entry.get("key") == key and isinstance(entry.get("digest"), str)
+                    and hmac.compare_digest(entry["digest"], _digest(key, data))):
                 return data
-            log.warning("Cache file %s fails its integrity check (damaged, edited, or not written by this user's "
-                        "runner); decoding again", self.path)
+            if not quiet:
+                log.warning("Cache file %s fails its integrity check (damaged, edited, or not written by this "
+                            "user's runner); decoding again", path)
         except Exception as exc:  # noqa: BLE001 - a truncated or foreign file: rebuild rather than fail
-            log.warning("Cache file %s is unreadable (%s); decoding again", self.path, exc)
+            if not quiet:
+                log.warning("Cache file %s is unreadable (%s); decoding again", path, exc)
         return None
 
+    def _write(self, path: Path, key: str, data: dict) -> bool:
+        try:
+            atomic_torch_save({"format": CACHE_FORMAT, "key": key, "digest": _digest(key, data), "data": data}, path)
+            return True
+        except OSError as exc:  # a read-only or full cache folder costs speed, not the run
+            log.warning("Could not write the decode cache %s (%s); the next run decodes again", path,
+                        exc.strerror or exc)
+            return False
+
     def save(self, data: dict) -> None:
-        if self.path is None:
+        if self.path is not None and self._write(self.path, self.key, data):
+            log.info("Decoded %s and cached it at %s", self.name, self.path)
+            self.drop_parts()
+
+    # -- parts of a decode in progress: an interrupted first decode goes on where it stopped ---------------
+    # Each part (a chunk of decoded images) is an entry of its own, checked like the whole one, in
+    # <entry>.parts/; the whole entry replaces them when the decode completes.
+
+    @property
+    def parts_dir(self) -> Path | None:
+        return self.path.with_name(self.path.name.removesuffix(".pt") + ".parts") if self.path is not None else None
+
+    def load_part(self, index: int) -> dict | None:
+        path = self.parts_dir / f"{index:06d}.pt" if self.parts_dir is not None else None
+        return self._read(path, f"{self.key}/part{index}", quiet=True) if path is not None and path.exists() else None
+
+    def save_part(self, index: int, data: dict) -> None:
+        if self.parts_dir is None:
             return
         try:
-            atomic_torch_save({"format": CACHE_FORMAT, "key": self.key, "digest": _digest(self.key, data),
-                               "data": data}, self.path)
-        except OSError as exc:  # a read-only or full cache folder costs speed, not the run
-            log.warning("Could not write the decode cache %s (%s); the next run decodes again", self.path,
-                        exc.strerror or exc)
+            self.parts_dir.mkdir(parents=True, exist_ok=True)
+        except OSError:
             return
-        log.info("Decoded %s and cached it at %s", self.name, self.path)
+        self._write(self.parts_dir / f"{index:06d}.pt", f"{self.key}/part{index}", data)
+
+    def drop_parts(self) -> None:
+        if self.parts_dir is not None and self.parts_dir.is_dir():
+            for part in self.parts_dir.glob("*.pt"):
+                part.unlink(missing_ok=True)
+            try:
+                self.parts_dir.rmdir()
+            except OSError:
+                pass

@@ -9,8 +9,10 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import multiprocessing
 import os
 import pickle
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,20 +189,76 @@ def _file_stat(path: str) -> os.stat_result | None:
         return None
 
 
-def _decode_all(paths: list[str], channels: int, size: int, desc: str) -> dict:
-    """Decodes every file; returns the images and the list of [index, error] for unreadable ones."""
+DECODE_PART = 4096  # images per part of a first decode: decoded in parallel, kept, what an interruption loses
+
+
+def _decode_part(paths: list[str], start: int, channels: int, size: int) -> tuple[np.ndarray, list[list]]:
+    """Decodes paths (the dataset's images start.. start+len): ((N, H, W, C) uint8, [[index, error], ...] with
+    indices into the whole dataset). Runs in a forked worker process, so it uses PIL and numpy only: torch's
+    thread pool does not survive a fork (a worker calling into it hangs)."""
     images = np.zeros((len(paths), size, size, channels), dtype=np.uint8)
     bad: list[list] = []
-    # One process, in order: for small images Python overhead dominates the decode, and a thread pool
-    # measured slower (GIL contention); FER2013's 35,887 files take about 4 s here.
-    with Progress(len(paths), desc, "img", logger=log) as progress:  # a bar, or a line every 30 s off a terminal
-        for i, path in enumerate(paths):
-            try:
-                images[i] = decode_image(path, channels, size)
-            except BadImageError as exc:
-                bad.append([i, str(exc)])
-            progress.update()
-    return {"images": torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), "bad": sorted(bad)}
+    for i, path in enumerate(paths):
+        try:
+            images[i] = decode_image(path, channels, size)
+        except BadImageError as exc:
+            bad.append([start + i, str(exc)])
+    return images, bad
+
+
+def _as_part(decoded: tuple[np.ndarray, list[list]]) -> dict:
+    images, bad = decoded
+    return {"images": torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), "bad": bad}
+
+
+def _decode_all(paths: list[str], channels: int, size: int, desc: str, cache: DecodeCache) -> dict:
+    """Decodes every file; returns the images and the list of [index, error] for unreadable ones.
+
+    In parts of DECODE_PART images, on every core (one process each: for small images Python's overhead
+    dominates the decode and threads contend for the GIL), each part cached as it completes, so that an
+    interrupted decode (Ctrl-C, a killed job) goes on from the parts it had; the parts are decoded exactly
+    as in one go, and the result is the same to the bit."""
+    starts = range(0, len(paths), DECODE_PART)
+    images = torch.empty((len(paths), channels, size, size), dtype=torch.uint8)
+    bad: list[list] = []
+
+    def keep(start: int, part: dict) -> None:
+        images[start:start + len(part["images"])] = part["images"]
+        bad.extend(part["bad"])
+
+    several = len(starts) > 1  # one part: nothing to go on from, nothing to parallelise
+    todo = []
+    for index, start in enumerate(starts):
+        part = cache.load_part(index) if several else None
+        if part is not None and len(part["images"]) == len(paths[start:start + DECODE_PART]):
+            keep(start, part)
+        else:
+            todo.append((index, start))
+    if len(todo) < len(starts):
+        log.info("Continuing an interrupted decode of %s: %d of %d parts were done", desc.removeprefix("decoding "),
+                 len(starts) - len(todo), len(starts))
+    workers = min(os.cpu_count() or 1, len(todo))
+    with Progress(len(paths), desc, "img", done=len(paths) - sum(len(paths[s:s + DECODE_PART]) for _, s in todo),
+                  logger=log) as progress:  # a bar, or a line every 30 s off a terminal
+        if workers <= 1:
+            for index, start in todo:
+                part = _as_part(_decode_part(paths[start:start + DECODE_PART], start, channels, size))
+                keep(start, part)
+                if several:
+                    cache.save_part(index, part)
+                progress.update(len(part["images"]))
+        else:
+            # fork: the workers need only PIL and numpy, already imported; spawn would import torch again
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+                futures = {pool.submit(_decode_part, paths[start:start + DECODE_PART], start, channels, size):
+                           (index, start) for index, start in todo}
+                for future in as_completed(futures):
+                    index, start = futures[future]
+                    part = _as_part(future.result())
+                    keep(start, part)
+                    cache.save_part(index, part)
+                    progress.update(len(part["images"]))
+    return {"images": images, "bad": sorted(bad)}
 
 
 def _retry_unreadable(decoded: dict, paths: list[str], channels: int, size: int) -> bool:
@@ -237,7 +295,7 @@ def read_folder(root: str | os.PathLike, channels: int, image_size: int, cache_d
     cache = DecodeCache(cache_dir, str(root), key)
     decoded = cache.load()
     if decoded is None:
-        decoded = _decode_all(paths, channels, image_size, f"decoding {root.name}")
+        decoded = _decode_all(paths, channels, image_size, f"decoding {root.name}", cache)
         cache.save(decoded)
     elif decoded["bad"] and _retry_unreadable(decoded, paths, channels, image_size):
         cache.save(decoded)
