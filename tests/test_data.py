@@ -269,3 +269,15 @@ def test_mean_std_computed_on_train_or_checked(make_folder, cache_dir):
     assert data.std == pytest.approx(train.std((0, 2, 3)).tolist(), rel=1e-3)
     with pytest.raises(ConfigError, match="data.mean"):
         setup(root, cache_dir, channels=3, mean=[0.5])
+
+
+def test_normalization_statistics_from_histograms_equal_float64_over_the_whole_split():
+    from src.data.datamodule import channel_mean_std
+
+    images = torch.randint(0, 256, (9000, 3, 8, 8), dtype=torch.uint8)  # more than one chunk of 4096
+    images[:, 2] //= 4  # channels that differ
+    mean, std = channel_mean_std(images)
+    pixels = images.transpose(0, 1).reshape(3, -1).double()
+    assert mean == pytest.approx((pixels.mean(1) / 255).tolist(), rel=1e-12)
+    assert std == pytest.approx((pixels.std(1) / 255).tolist(), rel=1e-12)
+    assert channel_mean_std(torch.full((2, 1, 4, 4), 7, dtype=torch.uint8)) == ([7 / 255], [0.0])
