@@ -343,3 +343,35 @@ def test_the_decode_worker_uses_no_torch(tmp_path, monkeypatch):
     monkeypatch.setattr(images_module, "torch", NoTorch())
     decoded, bad = sources._decode_part(paths, 10, 1, 24)
     assert decoded.shape == (5, 24, 24, 1) and decoded.dtype == np.uint8 and bad == []
+
+
+# -- the pixels memory-mapped from a raw file ------------------------------------------------------------------
+
+
+def test_the_pixels_are_memory_mapped_and_a_changed_raw_file_is_decoded_again(tmp_path, caplog, monkeypatch):
+    from tests.helpers import write_dataset
+
+    monkeypatch.setattr(cache_module, "RAW_MIN_BYTES", 1024)  # the synthetic dataset's pixels are small
+    root = write_dataset(tmp_path / "faces", splits={"train": 20, "val": 5})
+    first = sources.read_folder(root, 1, 24, str(tmp_path / "cache"))
+    (raw,) = (tmp_path / "cache").glob("*.images.raw")
+    warm = sources.read_folder(root, 1, 24, str(tmp_path / "cache"))
+    for name, split in first.splits.items():
+        assert torch.equal(warm.splits[name].images, split.images)
+    # file-backed (copy-on-write): each split folder is a view of the mapping, no copy in private memory
+    mapped = [line.split() for line in Path("/proc/self/maps").read_text().splitlines() if line.endswith(str(raw))]
+    for split in warm.splits.values():
+        address = split.images.data_ptr()
+        assert any(int(m[0].split("-")[0], 16) <= address < int(m[0].split("-")[1], 16) for m in mapped)
+    data = bytearray(raw.read_bytes())
+    data[100] ^= 0xFF  # one pixel changed behind the entry's back
+    raw.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING):
+        again = sources.read_folder(root, 1, 24, str(tmp_path / "cache"))
+    assert "is not the one its entry was written with" in caplog.text
+    assert torch.equal(again.splits["train"].images, first.splits["train"].images)
+    raw.write_bytes(raw.read_bytes()[:-10])  # truncated
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        sources.read_folder(root, 1, 24, str(tmp_path / "cache"))
+    assert "is not the one its entry was written with" in caplog.text

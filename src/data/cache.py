@@ -22,6 +22,7 @@ import re
 import secrets
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..fileio import atomic_torch_save, open_regular
@@ -91,6 +92,51 @@ def _digest(key: str, data: dict) -> str:
     return mac.hexdigest()
 
 
+# Large tensors (the decoded pixels) are stored as raw files beside the entry and memory-mapped when it is
+# loaded (copy-on-write): loading reads no more than the check needs, and the pixels stay file-backed
+# pages of the page cache instead of private memory of the process.
+RAW_MIN_BYTES = 1 << 20
+RAW_KEY = "raw_files"
+RAW_DTYPES = {"torch.uint8": np.uint8, "torch.int64": np.int64, "torch.float32": np.float32}
+_HASH_BLOCK = 1 << 24
+
+
+def _write_raw(path: Path, tensor: torch.Tensor) -> dict:
+    """Writes the tensor's bytes to `path` (beside it, then renamed over it) and describes it."""
+    array = tensor.contiguous().numpy()
+    digest = hashlib.sha256()
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            flat = memoryview(array.reshape(-1).view(np.uint8))
+            for start in range(0, len(flat), _HASH_BLOCK):
+                block = flat[start:start + _HASH_BLOCK]
+                digest.update(block)
+                f.write(block)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"file": path.name, "dtype": str(tensor.dtype), "shape": list(tensor.shape), "sha256": digest.hexdigest()}
+
+
+def _map_raw(path: Path, info: dict) -> torch.Tensor | None:
+    """The raw file as a tensor mapped from it, None when it is missing or its bytes are not the ones written
+    (the entry's HMAC covers the SHA-256 the file must have)."""
+    dtype = np.dtype(RAW_DTYPES[info["dtype"]])
+    size = int(np.prod(info["shape"], dtype=np.int64)) * dtype.itemsize
+    try:
+        with open_regular(path) as f:
+            if os.fstat(f.fileno()).st_size != size or hashlib.file_digest(f, "sha256").hexdigest() != info["sha256"]:
+                log.warning("Cache file %s is not the one its entry was written with; decoding again", path)
+                return None
+    except OSError as exc:
+        log.warning("Cache file %s cannot be read (%s); decoding again", path, exc.strerror or exc)
+        return None
+    if size == 0:
+        return torch.from_numpy(np.zeros(info["shape"], dtype=dtype))
+    return torch.from_numpy(np.memmap(path, dtype=dtype, mode="c", shape=tuple(info["shape"])))
+
+
 class DecodeCache:
     """One cache entry: `load()` returns the stored dict (tensors and plain lists) or None, `save(data)`
     stores one. With cache_dir None nothing is cached."""
@@ -107,14 +153,17 @@ class DecodeCache:
         return data
 
     def _read(self, path: Path, key: str, quiet: bool = False) -> dict | None:
-        """The data of an entry (or part) written under `key`, None when it fails its check or is unreadable."""
+        """The data of an entry (or part) written under `key`, None when it fails its check or is unreadable.
+        Its large tensors are memory-mapped from their raw files (see _write)."""
         try:
             with open_regular(path) as f:
                 entry = torch.load(f, weights_only=True)
             data = entry["data"] if isinstance(entry, dict) else None
             if (isinstance(data, dict) and entry.get("key") == key and isinstance(entry.get("digest"), str)
                     and hmac.compare_digest(entry["digest"], _digest(key, data))):
-                return data
+                raw = data.pop(RAW_KEY, {})
+                mapped = {name: _map_raw(path.with_name(info["file"]), info) for name, info in raw.items()}
+                return data | mapped if all(tensor is not None for tensor in mapped.values()) else None
             if not quiet:
                 log.warning("Cache file %s fails its integrity check (damaged, edited, or not written by this "
                             "user's runner); decoding again", path)
@@ -124,8 +173,17 @@ class DecodeCache:
         return None
 
     def _write(self, path: Path, key: str, data: dict) -> bool:
+        """The entry: tensors of RAW_MIN_BYTES or more each as a raw file beside it (<entry>.<name>.raw, named
+        with their shape, dtype and SHA-256 in the entry), the rest in the entry, all under its HMAC."""
         try:
-            atomic_torch_save({"format": CACHE_FORMAT, "key": key, "digest": _digest(key, data), "data": data}, path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            raw = {name: value for name, value in data.items() if isinstance(value, torch.Tensor)
+                   and value.nbytes >= RAW_MIN_BYTES and str(value.dtype) in RAW_DTYPES}
+            described = {name: _write_raw(path.with_name(f"{path.stem}.{name}.raw"), tensor)
+                         for name, tensor in raw.items()}
+            stored = {k: v for k, v in data.items() if k not in raw} | ({RAW_KEY: described} if described else {})
+            atomic_torch_save({"format": CACHE_FORMAT, "key": key, "digest": _digest(key, stored), "data": stored},
+                              path)
             return True
         except OSError as exc:  # a read-only or full cache folder costs speed, not the run
             log.warning("Could not write the decode cache %s (%s); the next run decodes again", path,
@@ -160,7 +218,7 @@ class DecodeCache:
 
     def drop_parts(self) -> None:
         if self.parts_dir is not None and self.parts_dir.is_dir():
-            for part in self.parts_dir.glob("*.pt"):
+            for part in self.parts_dir.glob("*"):
                 part.unlink(missing_ok=True)
             try:
                 self.parts_dir.rmdir()

@@ -41,7 +41,15 @@ class Split:
         return len(self.labels)
 
     def subset(self, index: torch.Tensor) -> Split:
-        return Split(self.images[index], self.labels[index], [self.files[i] for i in index.tolist()])
+        return Split(take(self.images, index), self.labels[index], [self.files[i] for i in index.tolist()])
+
+
+def take(images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """images[index]: a view when the index is one run of consecutive rows (a split folder of a dataset, the
+    part of a memory-mapped cache it needs: no copy), else a copy."""
+    if len(index) and int(index[-1]) - int(index[0]) + 1 == len(index) and bool((index.diff() == 1).all()):
+        return images[int(index[0]):int(index[-1]) + 1]
+    return images[index]
 
 
 @dataclass
@@ -312,7 +320,7 @@ def read_folder(root: str | os.PathLike, channels: int, image_size: int, cache_d
     splits = {}
     for name in dict.fromkeys(split_names):
         index = torch.tensor([i for i, s in enumerate(split_names) if s == name and keep[i]], dtype=torch.long)
-        splits[name] = Split(decoded["images"][index], labels[index], [paths[i] for i in index.tolist()])
+        splits[name] = Split(take(decoded["images"], index), labels[index], [paths[i] for i in index.tolist()])
     if len(splits.get("train", splits.get("all"))) == 0:
         raise DataError(f"dataset folder {root} has no readable training images")
     _check_every_class_readable(root, classes, splits)
