@@ -77,6 +77,21 @@ def test_the_split_lives_on_the_gpu_and_a_step_never_waits_for_the_host(data_roo
         torch.cuda.set_sync_debug_mode("default")
 
 
+def test_a_split_over_the_gpu_budget_streams_through_pinned_buffers_the_same_batches():
+    """Over data.max_device_bytes: two pinned staging buffers, copies overlapping the steps, and the batches
+    (kept past the next one, as a training step keeps them) equal those of a GPU-resident copy."""
+    from src.data import DeviceLoader
+    from tests.test_data import epoch, indexed_split
+
+    split = indexed_split([70, 110, 50])
+    resident = DeviceLoader(split, 16, "cuda", shuffle=True, seed=3)
+    streamed = DeviceLoader(split, 16, "cuda", shuffle=True, seed=3, budget_bytes=1)
+    assert not streamed.on_device and not streamed.images.is_pinned()  # no pinned copy of the whole split
+    a, b = epoch(resident), epoch(streamed)
+    assert torch.equal(a[0].cpu(), b[0].cpu()) and torch.equal(a[1].cpu(), b[1].cpu())
+    assert all(buffer.is_pinned() for buffer, _, _ in streamed._staging)
+
+
 def test_torch_compile_trains(tmp_path, data_root):
     metrics = train(gpu_cfg(data_root, tmp_path / "cache", "trainer.compile=true", "trainer.max_epochs=1"),
                     tmp_path / "run")

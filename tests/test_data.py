@@ -281,3 +281,17 @@ def test_normalization_statistics_from_histograms_equal_float64_over_the_whole_s
     assert mean == pytest.approx((pixels.mean(1) / 255).tolist(), rel=1e-12)
     assert std == pytest.approx((pixels.std(1) / 255).tolist(), rel=1e-12)
     assert channel_mean_std(torch.full((2, 1, 4, 4), 7, dtype=torch.uint8)) == ([7 / 255], [0.0])
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_a_split_over_the_device_budget_gives_the_same_batches_from_host_memory(shuffle):
+    """Over data.max_device_bytes the split stays where it is (host memory, or the cache's memory map) and
+    batches are gathered from it: the same batches as from a device-resident copy, and no copy of it made."""
+    split = indexed_split([7, 11, 5])
+    resident = DeviceLoader(split, 4, "cpu", shuffle=shuffle, seed=3)
+    streamed = DeviceLoader(split, 4, "cpu", shuffle=shuffle, seed=3, budget_bytes=1)
+    assert resident.on_device and not streamed.on_device
+    assert streamed.images.data_ptr() == split.images.data_ptr()
+    for _ in range(2):
+        a, b = epoch(resident), epoch(streamed)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2] == b[2]

@@ -42,15 +42,15 @@ class DeviceLoader:
     def __init__(self, split: Split, batch_size: int, device: torch.device | str, *, shuffle: bool = False,
                  balanced: bool = False, drop_last: bool = False, seed: int = 0, budget_bytes: int | None = None):
         self.device = torch.device(device)
-        # Over the device's budget the split stays in host memory (pinned, for asynchronous copies to
-        # a GPU) and each batch is gathered there and copied over.
+        # Over the device's budget the split stays in host memory (as it is: perhaps memory-mapped from the
+        # decode cache) and each batch is gathered there and copied over; to a GPU through two pinned
+        # staging buffers, so that one batch's copy overlaps the previous batch's step (_host_batches).
         self.on_device = budget_bytes is None or split.images.nbytes <= budget_bytes
         if self.on_device:
             self.images, self.labels = split.images.to(self.device), split.labels.to(self.device)
         else:
-            pin = self.device.type == "cuda"
-            self.images = split.images.pin_memory() if pin else split.images
-            self.labels = split.labels.pin_memory() if pin else split.labels
+            self.images, self.labels = split.images, split.labels
+        self._staging: list | None = None
         self.batch_size = batch_size
         self.shuffle = shuffle or balanced
         self.weights = balanced_weights(split.labels) if balanced else None
@@ -86,20 +86,45 @@ class DeviceLoader:
         """The epoch's batches from batch `start` on (the order of a shuffled epoch is drawn in full first,
         so a resumed epoch skips exactly the batches it had done)."""
         n = len(self.labels)
-        if not self.shuffle:
+        if not self.shuffle and self.on_device:  # evaluation order: slices, no gather
             for b in range(start, len(self)):
                 batch = slice(b * self.batch_size, (b + 1) * self.batch_size)
-                yield (self.images[batch].to(self.device, non_blocking=True),
-                       self.labels[batch].to(self.device, non_blocking=True))
+                yield self.images[batch], self.labels[batch]
             return
-        if self.weights is not None:
+        if not self.shuffle:
+            order = torch.arange(n)
+        elif self.weights is not None:
             order = torch.multinomial(self.weights, n, replacement=True, generator=self.generator)
         else:
             order = torch.randperm(n, generator=self.generator)
         if self.world_size > 1:
             order = shard_order(order, self.rank, self.world_size)
-        order = order.to(self.images.device, non_blocking=True)
-        for b in range(start, len(self)):
-            index = order[b * self.batch_size:(b + 1) * self.batch_size]
-            yield (self.images[index].to(self.device, non_blocking=True),
-                   self.labels[index].to(self.device, non_blocking=True))
+        if self.on_device:
+            order = order.to(self.images.device)  # one copy per epoch
+        batches = (order[b * self.batch_size:(b + 1) * self.batch_size] for b in range(start, len(self)))
+        if self.on_device:
+            yield from ((self.images[index], self.labels[index]) for index in batches)
+        else:
+            yield from self._host_batches(batches)
+
+    def _host_batches(self, indices: Iterator[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches gathered from the split in host memory. To a GPU: gathered into one of two pinned staging
+        buffers and copied asynchronously; a buffer is reused only after the copy out of it finished (its
+        event), so gathering batch b+1 overlaps the copy and the step of batch b."""
+        if self.device.type != "cuda":
+            yield from ((self.images[index], self.labels[index]) for index in indices)
+            return
+        if self._staging is None:
+            shape = (self.batch_size, *self.images.shape[1:])
+            self._staging = [(torch.empty(shape, dtype=self.images.dtype).pin_memory(),
+                              torch.empty(self.batch_size, dtype=self.labels.dtype).pin_memory(),
+                              torch.cuda.Event()) for _ in range(2)]
+        for b, index in enumerate(indices):
+            images, labels, copied = self._staging[b % 2]
+            copied.synchronize()  # the copy out of this buffer (two batches ago) is done
+            n = len(index)
+            torch.index_select(self.images, 0, index, out=images[:n])
+            torch.index_select(self.labels, 0, index, out=labels[:n])
+            batch = (images[:n].to(self.device, non_blocking=True), labels[:n].to(self.device, non_blocking=True))
+            copied.record()
+            yield batch
