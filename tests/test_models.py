@@ -46,6 +46,11 @@ PARAMETERS = {
     "tv_resnext50_32x4d": 22_985_415,
     "tv_wide_resnet50_2": 66_839_751,
     "tv_densenet121": 6_952_199,
+    "timm": 3_375_487,  # convnext_atto, the name in timm.yaml
+    "timm_convnext_atto": 3_375_487,
+    "timm_mobilenetv3_small": 1_524_743,
+    "timm_regnetx_002": 2_317_799,
+    "timm_vit_tiny": 5_371_399,
 }
 
 # Keys a model config keeps at the class default: `python -m src.train model=NAME model.KEY=value` needs
@@ -66,6 +71,9 @@ KEPT_FOR_OVERRIDES = {
     **dict.fromkeys(["wrn16_8", "wrn28_10"], _RESNET | {"block_dropout"}),  # README: model.block_dropout
     **dict.fromkeys(["tv_resnet18", "tv_resnet50", "tv_resnext50_32x4d", "tv_wide_resnet50_2", "tv_densenet121"],
                     _STRIDED_STEM | {"pretrained"}),  # README: model.pretrained=true
+    "timm": _EVERY_MODEL | {"pretrained"},  # README: model=timm model.name=... model.pretrained=true
+    **dict.fromkeys(["timm_convnext_atto", "timm_mobilenetv3_small", "timm_regnetx_002", "timm_vit_tiny"],
+                    _EVERY_MODEL),
 }
 
 
@@ -110,7 +118,7 @@ def test_parameter_count(name):
 
 
 # The two widest networks take seconds per pass on a CPU: they run with -m slow.
-HEAVY = ("tv_wide_resnet50_2", "wrn28_10")
+HEAVY = ("tv_wide_resnet50_2", "wrn28_10", "timm_vit_tiny")  # the ViT: 3,136 tokens of 4 px at 224 px
 BY_WEIGHT = [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY else n for n in MODELS]
 
 

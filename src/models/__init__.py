@@ -10,6 +10,7 @@ Each `conf/model/NAME.yaml` instantiates standalone:
     googlenet.py           GoogLeNet / Inception v1, optional auxiliary heads
     resnet.py, blocks.py   ResNet-18/34/50, ResNeXt (+SE), Wide-ResNet, Shake-Shake: one class
     torchvision_models.py  torchvision backbones with optional ImageNet weights (transfer learning)
+    timm_models.py         any of timm's models (the timm extra), with optional pretrained weights
 """
 import torch.nn as nn
 
@@ -17,11 +18,12 @@ from .alexnet import AlexNet
 from .googlenet import GoogLeNet
 from .lenet import LeNet
 from .resnet import ResNet
+from .timm_models import TimmNet
 from .torchvision_models import TorchvisionNet
 from .vgg import VGG
 
 # The classes a model config may name: what a checkpoint's stored config is allowed to build (by class name).
-MODEL_CLASSES = {cls.__name__: cls for cls in (AlexNet, GoogLeNet, LeNet, ResNet, TorchvisionNet, VGG)}
+MODEL_CLASSES = {cls.__name__: cls for cls in (AlexNet, GoogLeNet, LeNet, ResNet, TimmNet, TorchvisionNet, VGG)}
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -39,5 +41,5 @@ def size_mb(model: nn.Module) -> float:
     return sum(t.numel() * t.element_size() for t in tensors) / 2**20
 
 
-__all__ = ["MODEL_CLASSES", "VGG", "AlexNet", "GoogLeNet", "LeNet", "ResNet", "TorchvisionNet", "count_conv_layers",
-           "count_parameters", "size_mb"]
+__all__ = ["MODEL_CLASSES", "VGG", "AlexNet", "GoogLeNet", "LeNet", "ResNet", "TimmNet", "TorchvisionNet",
+           "count_conv_layers", "count_parameters", "size_mb"]
