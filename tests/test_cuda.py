@@ -100,7 +100,7 @@ def test_torch_compile_trains(tmp_path, data_root):
 
 def test_a_cpu_checkpoint_resumes_on_the_gpu_and_back(tmp_path, data_root, caplog):
     cache = tmp_path / "cache"
-    train(compose_train(fast_overrides(data_root, cache, "aug=fer")), tmp_path / "cpu")
+    train(compose_train(fast_overrides(data_root, cache, "aug=fer", "model.dropout=0.2")), tmp_path / "cpu")
     with caplog.at_level(logging.WARNING):
         gpu = train(gpu_cfg(data_root, cache, f"ckpt_path={quote(tmp_path / 'cpu' / 'checkpoints' / 'last.pt')}"),
                     tmp_path / "gpu")
