@@ -63,6 +63,7 @@ def test_the_split_lives_on_the_gpu_and_a_step_never_waits_for_the_host(data_roo
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, **fused_on_cuda(torch.optim.SGD, device))
     assert optimizer.defaults.get("fused") is True
     batches = list(loader.iterate(0))  # the order is drawn (and copied) once per epoch, before the steps
+    inputs.training_batch(*batches[0], len(data.classes))  # constants moved to the GPU once, on first use
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
