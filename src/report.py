@@ -1,13 +1,17 @@
 """Comparison tables and plots from run and sweep directories:
 
     python -m src.report outputs/sweeps/<sweep> [outputs/runs/<run> ...] [--out DIR] [--no-plots]
-                         [--time-to ACC ...] [--readme FILE --section NAME]
+                         [--time-to ACC ...] [--readme FILE --section NAME] [--keep-runs]
 
 Writes summary.md / summary.csv (one row per run, best validation first; mean ± std over runs that
 differ only in seed or data.fold in aggregate.csv; how each run was made: data, command, machine, wall
 times; the training time each run took to reach --time-to val accuracies), curves.png,
 time_to_accuracy.png, bars.png and best_confusion_matrix.png into --out (default: the sweep directory when
 given one sweep, else outputs/reports/<date>_<time>).
+
+--keep-runs copies each run's records (metrics.json, history.csv, run_info.json, per_class.md, its
+.hydra configs) into OUT/runs: `python -m src.report OUT/runs NEW_RUNS... --out OUT --keep-runs` makes the
+report again with more runs, after the outputs/ it came from are gone.
 
 --readme FILE --section NAME also puts summary.md into FILE between the lines `<!-- report NAME -->` and
 `<!-- /report NAME -->` (figure links made relative to FILE), so that a README's results are the
@@ -22,7 +26,7 @@ import time
 from pathlib import Path
 
 from .errors import UserError
-from .reporting.comparison import collect_runs, insert_into_document, write_comparison
+from .reporting.comparison import collect_runs, insert_into_document, keep_run_records, write_comparison
 
 log = logging.getLogger("src.report")
 
@@ -33,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("paths", nargs="+", help="run directories, sweep directories, or folders holding them")
     parser.add_argument("--out", help="where to write the report")
     parser.add_argument("--no-plots", action="store_true", help="tables only")
+    parser.add_argument("--keep-runs", action="store_true",
+                        help="copy each run's records (metrics, history, config: small text files) to OUT/runs, "
+                             "so that the report can be made again, or grown, from OUT alone")
     parser.add_argument("--time-to", type=float, nargs="+", metavar="ACC",
                         help="val accuracies (e.g. 0.60 0.65) to give each run's training time to; default: "
                              "the best val accuracy every run reached")
@@ -49,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         single_sweep = len(args.paths) == 1 and (Path(args.paths[0]) / "jobs.jsonl").is_file()
         out = Path(args.out or (args.paths[0] if single_sweep else
                                 Path("outputs/reports") / time.strftime("%Y-%m-%d_%H-%M-%S")))
+        if args.keep_runs:
+            log.info("Run records kept in %s", keep_run_records(runs, out))
         markdown = write_comparison(runs, out, plots=not args.no_plots, targets=args.time_to)
         print(markdown)
         if args.readme:

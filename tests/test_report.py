@@ -156,3 +156,31 @@ def test_time_to_takes_accuracies_not_percentages(tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
         main([str(tmp_path / "run"), "--time-to", "65"])
     assert info.value.code == 2 and "between 0 and 1" in capsys.readouterr().err
+
+
+def test_kept_run_records_make_the_same_report_and_grow_it(tmp_path):
+    """--keep-runs: the report folder alone makes the report again (the runs' outputs deleted), and a later
+    run adds a row to it; the kept records are the runs' small text files, no checkpoints."""
+    from src.report import main
+
+    for seed, acc in ((0, 0.61), (1, 0.63)):
+        run = make_run(tmp_path / "outputs" / f"seed{seed}", [f"seed={seed}"], seed, acc)
+        write_history(run, [{"epoch": 1, "val/acc": acc - 0.1, "time_s": 50},
+                            {"epoch": 2, "val/acc": acc, "time_s": 100}])
+        (run / "checkpoints").mkdir()
+        (run / "checkpoints" / "best.pt").write_bytes(b"weights")
+    report = tmp_path / "docs" / "results"
+    assert main([str(tmp_path / "outputs"), "--out", str(report), "--keep-runs", "--no-plots"]) == 0
+    first = read_csv(report / "summary.csv")
+    kept = sorted(p.relative_to(report / "runs").as_posix() for p in (report / "runs").rglob("*") if p.is_file())
+    assert kept == sorted(f"seed{s}/{f}" for s in (0, 1) for f in ("metrics.json", "history.csv", "run_info.json",
+                                                                     ".hydra/overrides.yaml"))
+    for path in (tmp_path / "outputs").rglob("*"):  # the outputs are gone
+        if path.is_file():
+            path.unlink()
+    later = make_run(tmp_path / "later" / "seed2", ["seed=2"], 2, 0.62)
+    assert main([str(report / "runs"), str(later), "--out", str(report), "--keep-runs", "--no-plots"]) == 0
+    again = read_csv(report / "summary.csv")
+    strip = [{k: v for k, v in row.items() if k != "dir"} for row in again]
+    assert [r for r in strip if r["run"] != "seed=2"] == [{k: v for k, v in row.items() if k != "dir"} for row in first]
+    assert len(again) == 3 and (report / "runs" / "seed2" / "metrics.json").is_file()

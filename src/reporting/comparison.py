@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import statistics
 from collections import Counter
 from dataclasses import dataclass
@@ -235,6 +236,31 @@ def collect_runs(paths: list[str | Path]) -> list[Run]:
                         "(and metrics.json when it finished), a sweep directory jobs.jsonl")
     _name_runs(unique)
     return _sorted(unique)
+
+
+# What a report reads of a run (all small text files): kept by `src.report --keep-runs` so that a report
+# can be made again, and runs added to it, from the report folder alone (no checkpoints, no event files).
+RECORD_FILES = ("metrics.json", "history.csv", "run_info.json", "per_class.md", ".hydra/config.yaml",
+                ".hydra/overrides.yaml", ".hydra/hydra.yaml")
+
+
+def keep_run_records(runs: list[Run], out_dir: Path) -> Path:
+    """Copies each run's RECORD_FILES to out_dir/runs/<run directory name> (a name taken twice gets _2, ...);
+    runs already inside out_dir/runs are left as they are. Returns out_dir/runs."""
+    kept = Path(out_dir) / "runs"
+    kept.mkdir(parents=True, exist_ok=True)
+    for run in runs:
+        if kept.resolve() in run.dir.resolve().parents:
+            continue
+        name, n = run.dir.name, 1
+        while (kept / name).exists():
+            n += 1
+            name = f"{run.dir.name}_{n}"
+        for record in RECORD_FILES:
+            if (run.dir / record).is_file():
+                (kept / name / record).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(run.dir / record, kept / name / record)
+    return kept
 
 
 def common_overrides(runs: list[Run]) -> list[str]:
