@@ -314,14 +314,34 @@ EVAL_RULES: list[Rule] = [
     ("data.csv", str | None, None, ""),
     ("embed", bool, None, ""),
     ("misclassified", int, lambda v: v >= 0, ">= 0"),
+    ("saliency", bool, None, ""),
+    ("saliency_per_class", int, lambda v: v >= 1, "at least 1"),
     *_DEVICE_RUNTIME, *_TTA,
+]
+_FACE_DETECTION: list[Rule] = [
+    ("faces", bool, None, ""),
+    ("detector.name", str, lambda v: v in ("mtcnn", "haar"), "mtcnn or haar"),
+    ("detector.min_size", int, lambda v: v >= 8, "at least 8 pixels"),
+    ("detector.threshold", float, lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("detector.margin", float, lambda v: 0 <= v <= 1, "in [0, 1] (a fraction of the face's side)"),
 ]
 PREDICT_RULES: list[Rule] = [
     ("ckpt_path", _CKPT_PATHS, None, ""),
-    ("images", str | list[str], None, ""),
+    ("images", str | list[str] | None, None, ""),
+    ("video", str | int | None, lambda v: v >= 0 if isinstance(v, int) else True, "a file or a camera index >= 0"),
+    ("video_every", int, lambda v: v >= 1, "at least 1 (every frame)"),
+    ("video_max_frames", int | None, lambda v: v >= 1, "at least 1"),
     ("top_k", int, lambda v: v >= 1, "at least 1"),
     ("output", str | None, lambda v: v.lower().endswith((".csv", ".json")), "a .csv or .json file name"),
-    *_DEVICE_RUNTIME, *_TTA,
+    ("out_dir", str, None, ""),
+    ("saliency", bool, None, ""),
+    *_FACE_DETECTION, *_DEVICE_RUNTIME, *_TTA,
+]
+DEMO_RULES: list[Rule] = [
+    ("ckpt_path", _CKPT_PATHS, None, ""),
+    ("host", str, None, ""),
+    ("port", int, lambda v: 0 < v < 65536, "a port number (1-65535)"),
+    *_FACE_DETECTION, *_DEVICE_RUNTIME, *_TTA,
 ]
 EXPORT_RULES: list[Rule] = [
     ("ckpt_path", str, None, ""),

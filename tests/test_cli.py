@@ -134,7 +134,7 @@ def test_evaluate_and_predict_commands(tmp_path):
 
     workdir = tmp_path / "elsewhere"  # predict writes nothing but its output, from any folder
     workdir.mkdir()
-    result = run_entry("predict", f"ckpt_path={quote(ckpt)}", f"images=[{quote(root / 'test')}]",
+    result = run_entry("predict", f"ckpt_path={quote(ckpt)}", f"images=[{quote(root / 'test')}]", "faces=false",
                        "output=p.csv", cwd=workdir)
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in workdir.iterdir()) == ["p.csv"]

@@ -207,7 +207,7 @@ def test_predict_skips_the_corrupt_file_and_predicts_the_rest(trained, tmp_path,
     (folder / "corrupt.jpg").write_text("not an image")
     output = tmp_path / "out" / "predictions.json"
     cfg = compose_entry("predict", [f"ckpt_path={quote(trained['ckpts'][0])}", f"images=[{quote(folder)}]",
-                                    "top_k=2", f"output={quote(output)}", "trainer.device=cpu"])
+                                    "faces=false", "top_k=2", f"output={quote(output)}", "trainer.device=cpu"])
     with caplog.at_level(logging.WARNING):
         rows = predict_images(cfg)
     assert [Path(r["file"]).name for r in rows] == ["img0.png", "img1.png", "img2.png"]
@@ -222,7 +222,7 @@ def test_predict_csv_and_globs(trained, tmp_path):
     root = trained["root"]
     output = tmp_path / "p.csv"
     cfg = compose_entry("predict", [f"ckpt_path={quote(trained['ckpts'][0])}",
-                                    f"images=[{quote(str(root / 'test' / 'top' / '*.png'))}]",
+                                    f"images=[{quote(str(root / 'test' / 'top' / '*.png'))}]", "faces=false",
                                     f"output={quote(output)}", "trainer.device=cpu"])
     rows = predict_images(cfg)
     assert len(rows) == 6
@@ -232,7 +232,7 @@ def test_predict_csv_and_globs(trained, tmp_path):
 
 def test_predict_with_nothing_readable_is_an_error(trained, tmp_path):
     cfg = compose_entry("predict", [f"ckpt_path={quote(trained['ckpts'][0])}",
-                                    f"images=[{quote(tmp_path / 'none.png')}]", "trainer.device=cpu"])
+                                    f"images=[{quote(tmp_path / 'none.png')}]", "faces=false", "trainer.device=cpu"])
     with pytest.raises(UserError, match="no readable images"):
         predict_images(cfg)
 

@@ -144,7 +144,7 @@ def entry_args(entry: str, ckpt: Path, trained: dict, tmp_path: Path) -> tuple[s
         return "evaluate", [f"ckpt_path={quote(ckpt)}", f"paths.output_dir={quote(tmp_path / 'out')}",
                             f"paths.cache_dir={quote(trained['cache'])}"]
     if entry == "predict":
-        return "predict", [f"ckpt_path={quote(ckpt)}", f"images=[{quote(trained['root'] / 'test')}]"]
+        return "predict", [f"ckpt_path={quote(ckpt)}", f"images=[{quote(trained['root'] / 'test')}]", "faces=false"]
     if entry == "export":
         return "export", [f"ckpt_path={quote(ckpt)}", "format=torchscript", f"output={quote(tmp_path / 'm.pt')}"]
     return "train", [*fast_overrides(trained["root"], trained["cache"]), f"ckpt_path={quote(ckpt)}",
@@ -347,7 +347,7 @@ def test_predict_skips_a_fifo_without_blocking(trained, odd_files, tmp_path):
     fifo = odd_files["root"] / "top" / "pipe.png"
     with fails_after(60):
         code, output = run_cli("predict", f"ckpt_path={quote(trained['ckpt'])}",
-                               f"images=[{quote(fifo)},{quote(odd_files['root'] / 'top')}]")
+                               f"images=[{quote(fifo)},{quote(odd_files['root'] / 'top')}]", "faces=false")
     assert code == 0, output[-3000:]
     assert f"{fifo} is not a regular file: skipped" in output and output.count(".png: ") == 4
 

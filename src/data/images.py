@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -46,21 +48,38 @@ def decode_image(path: str, channels: int, size: int) -> np.ndarray:
 
     Raises BadImageError naming the file when Pillow cannot read it.
     """
+    with read_image(path) as im:
+        return image_to_array(im, channels, size)
+
+
+@contextmanager
+def read_image(path: str) -> Iterator[Image.Image]:
+    """`with read_image(path) as im:` the image at `path` upright (EXIF orientation applied), as Pillow
+    reads it (the file stays open inside the block). Pillow's failures inside the block, and its
+    decompression-bomb warning, become a BadImageError naming the file: keep the block to the decoding."""
     try:
         with warnings.catch_warnings():
             # Pillow warns (rather than fails) on some damaged files; treat those as unreadable too.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             # open_regular: a FIFO or device named like an image is refused instead of blocking the run
             with open_regular(path) as f, Image.open(f) as im:
-                im = _to_8bit_mode(_upright(im), channels)
-                if im.size != (size, size):
-                    im = im.resize((size, size), Image.Resampling.BILINEAR)
-                array = np.asarray(im, dtype=np.uint8)
+                yield _upright(im)
     except MemoryError:
         raise BadImageError(f"cannot read image {path}: it needs more memory than is available") from None
+    except BadImageError:
+        raise
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types (struct.error, IndexError, ...) for bad files
         raise BadImageError(f"cannot read image {path}: {exc}") from exc
-    return array.reshape(size, size, channels)
+
+
+def image_to_array(im: Image.Image, channels: int, size: int) -> np.ndarray:
+    """A Pillow image (any mode) as the (size, size, channels) uint8 array training sees: the mode
+    converted to 'L' or 'RGB', resized bilinearly to size x size. Dataset decoding, `src.predict` (whole
+    images and face crops), videos and the demo all go through here."""
+    im = _to_8bit_mode(im, channels)
+    if im.size != (size, size):
+        im = im.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(im, dtype=np.uint8).reshape(size, size, channels)
 
 
 def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:

@@ -1,9 +1,13 @@
-"""`python -m src.predict`: the top-k classes of image files, decoded exactly as in training.
+"""`python -m src.predict`: the classes of the faces in photos (or of whole images), decoded as in training.
 
-Files, folders (searched recursively) and globs are expanded to image paths; every image is decoded
-like a training image (mode converted to the checkpoint's channels, resized to its image size) and
-predicted by the checkpoint(s) (several: an ensemble); the result is printed and optionally written to
-a CSV or JSON file.
+Files, folders (searched recursively) and globs are expanded to image paths. With `faces=true` (the
+default) each image's faces are found (evaluation/faces.py: detector, crop with a margin) and each face
+is predicted; an annotated copy of the image (boxes, label, confidence) goes to `out_dir`. With
+`faces=false` the whole image is the input, as for a dataset of pre-cropped faces. Either way every
+face or image is converted exactly like a training image (the checkpoint's channels and size; its
+normalization and centre crop in the predictor) and predicted by the checkpoint(s) (several: an
+ensemble). The table (one row per face, or per image) is printed and written to `out_dir` as
+predictions.csv and predictions.json (or to `output`). `video=` hands over to video_prediction.py.
 """
 from __future__ import annotations
 
@@ -16,14 +20,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ..config import PREDICT_RULES, check_values
-from ..data.images import decode_image
+from ..data.images import image_to_array, read_image
 from ..data.sources import find_images
 from ..errors import BadImageError, UserError
+from ..progress import DEFAULT_EVERY_S, Progress
+from .faces import Face, annotate, crop_face, looks_precropped, make_detector
+from .figures import save_figure
 from .predictor import Ensemble, checkpoint_paths, load_predictors
 
 log = logging.getLogger(__name__)
+
+SALIENCY_MAX_IMAGES = 64  # whole-image mode: saliency.png shows at most this many
 
 
 def expand_image_paths(entries: Sequence[str]) -> list[str]:
@@ -48,35 +58,175 @@ def expand_image_paths(entries: Sequence[str]) -> list[str]:
     return found
 
 
+class FaceClassifier:
+    """The checkpoint(s) behind a face detector: `classify(image)` finds the faces of a Pillow image and
+    returns them with their class probabilities; `whole(images)` predicts uint8 arrays as they are.
+    src.predict's photos and videos and src.demo share it."""
+
+    def __init__(self, cfg):
+        self.detector = None  # first: a missing detector package stops before any checkpoint is read
+        if cfg.faces:
+            self.detector = make_detector(cfg.detector.name, cfg.detector.min_size, cfg.detector.threshold)
+        predictors, shared = load_predictors(checkpoint_paths(cfg.ckpt_path), cfg.trainer, cfg.tta)
+        self.predictors = predictors
+        self.target = predictors[0] if len(predictors) == 1 else Ensemble(predictors)
+        self.classes: list[str] = list(shared["classes"])
+        self.channels, self.image_size = shared["channels"], shared["image_size"]
+        self.margin = float(cfg.detector.margin)
+
+    def whole(self, arrays: Sequence[np.ndarray], description: str = "predicting") -> torch.Tensor:
+        """(N, K) probabilities of (size, size, channels) uint8 arrays."""
+        images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+        return self.target.log_probs(images, description).exp()
+
+    def face_inputs(self, image: Image.Image, faces: Sequence[Face]) -> list[np.ndarray]:
+        """Each face cropped with the margin and converted as a training image."""
+        return [image_to_array(crop_face(image, face, self.margin), self.channels, self.image_size) for face in faces]
+
+    def classify(self, image: Image.Image) -> tuple[list[Face], list[np.ndarray], torch.Tensor]:
+        """The faces of `image` (largest first), the model's input for each (uint8, as in training) and
+        their (F, K) class probabilities."""
+        rgb = np.asarray(image.convert("RGB"))
+        faces = sorted(self.detector.detect(rgb), key=lambda f: -f.side)
+        if not faces:
+            return [], [], torch.empty(0, len(self.classes))
+        inputs = self.face_inputs(image, faces)
+        return faces, inputs, self.whole(inputs, "faces")
+
+    def saliency_figure(self, inputs: Sequence[np.ndarray], probs: torch.Tensor, title: str,
+                        names: Sequence[str] | None = None):
+        """Each input (face or image) as the model saw it under the Grad-CAM map of its predicted class (of
+        the first model of an ensemble), eight to a row."""
+        from .saliency import grad_cam, model_view, saliency_figure
+
+        images = torch.from_numpy(np.stack(inputs)).permute(0, 3, 1, 2).contiguous()
+        predicted = probs.argmax(1).tolist()
+        cams = grad_cam(self.predictors[0], images, predicted)
+        seen = model_view(self.predictors[0], images).permute(0, 2, 3, 1).numpy()
+        names = names or [f"face {i}" for i in range(len(inputs))]
+        tiles = [(seen[i], cams[i].numpy(), f"{names[i]}\n{self.label(probs[i])}", "black") for i in range(len(inputs))]
+        return saliency_figure([("", tiles[start:start + 8]) for start in range(0, len(tiles), 8)], title)
+
+    def label(self, probs: torch.Tensor) -> str:
+        """"happy 0.91": the most probable class and its probability."""
+        return f"{self.classes[int(probs.argmax())]} {float(probs.max()):.2f}"
+
+
+def progress_every_s(cfg) -> float:
+    """trainer.log_every_s, its default when null."""
+    return DEFAULT_EVERY_S if cfg.trainer.get("log_every_s") is None else float(cfg.trainer.log_every_s)
+
+
+def prediction_row(classes: Sequence[str], probs: torch.Tensor, top_k: int, **where) -> dict:
+    """One table row: where the prediction comes from (file, face, box, ...), the top-k classes and
+    every class's probability."""
+    k = max(1, min(int(top_k), len(classes)))
+    top = probs.topk(k)
+    ranked = [{"label": classes[i], "probability": round(float(v), 6)} for v, i in zip(top.values, top.indices)]
+    return {**where, "top_k": ranked, "probabilities": dict(zip(classes, map(float, probs)))}
+
+
 def predict_images(cfg) -> list[dict]:
-    """`python -m src.predict`: top-k classes per image, printed and optionally written to CSV/JSON."""
+    """`python -m src.predict`: top-k classes per face (or per image), printed and written to out_dir."""
     check_values(cfg, PREDICT_RULES)
+    if cfg.get("video") is not None:
+        from .video_prediction import predict_video
+        return predict_video(cfg)
+    if cfg.images is None:
+        raise UserError("give images=[photo.jpg,folder/,'shots/*.png'] (or video=clip.mp4 / video=0 for a camera)")
     entries = [cfg.images] if isinstance(cfg.images, str) else list(cfg.images)
-    predictors, shared = load_predictors(checkpoint_paths(cfg.ckpt_path), cfg.trainer, cfg.tta)
-    classes = shared["classes"]
-    files, arrays = [], []
-    for file in expand_image_paths(entries):
+    files = expand_image_paths(entries)
+    if not files:
+        raise UserError(f"no readable images in images={entries}: no file matched")
+    classifier = FaceClassifier(cfg)
+    out_dir = Path(cfg.out_dir)
+    rows = _predict_faces(classifier, files, cfg, out_dir) if cfg.faces else _predict_whole(classifier, files, cfg)
+    if not rows:
+        raise UserError(f"no readable images in images={entries}")
+    table = Path(cfg.output) if cfg.output else out_dir / "predictions.csv"
+    _write_predictions(rows, classifier.classes, table)
+    if not cfg.output:
+        _write_predictions(rows, classifier.classes, table.with_suffix(".json"))
+    log.info("Wrote %d predictions to %s", len(rows), table if cfg.output else f"{table} (and .json)")
+    return rows
+
+
+def _predict_whole(classifier: FaceClassifier, files: list[str], cfg) -> list[dict]:
+    readable, arrays = [], []
+    for file in files:
         try:  # exactly the training decode: mode conversion to the checkpoint's channels, resize
-            arrays.append(decode_image(file, shared["channels"], shared["image_size"]))
-            files.append(file)
+            with read_image(file) as im:
+                arrays.append(image_to_array(im, classifier.channels, classifier.image_size))
+            readable.append(file)
         except BadImageError as exc:
             log.warning("skipped: %s", exc)
-    if not files:
-        raise UserError(f"no readable images in images={entries}")
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    target = predictors[0] if len(predictors) == 1 else Ensemble(predictors)
-    probs = target.log_probs(images).exp()
-    k = max(1, min(int(cfg.top_k), len(classes)))
-    rows = []
-    for file, p in zip(files, probs):
-        top = p.topk(k)
-        ranked = [{"label": classes[i], "probability": round(float(v), 6)} for v, i in zip(top.values, top.indices)]
-        rows.append({"file": file, "top_k": ranked, "probabilities": dict(zip(classes, map(float, p)))})
-        print(f"{file}: " + ", ".join(f"{r['label']} {r['probability']:.3f}" for r in ranked))
-    if cfg.output:
-        _write_predictions(rows, classes, Path(cfg.output))
-        log.info("Wrote %d predictions to %s", len(rows), cfg.output)
+    if not readable:
+        return []
+    rows, probs = [], classifier.whole(arrays)
+    for file, p in zip(readable, probs):
+        rows.append(prediction_row(classifier.classes, p, cfg.top_k, file=file))
+        print(f"{file}: {_ranked(rows[-1])}")
+    if cfg.saliency:
+        shown = min(len(arrays), SALIENCY_MAX_IMAGES)
+        if shown < len(arrays):
+            log.warning("saliency.png shows the first %d of %d images", shown, len(arrays))
+        Path(cfg.out_dir).mkdir(parents=True, exist_ok=True)
+        save_figure(classifier.saliency_figure(arrays[:shown], probs[:shown], "Grad-CAM of the predicted class",
+                                               names=[Path(f).name for f in readable[:shown]]),
+                    Path(cfg.out_dir) / "saliency.png")
     return rows
+
+
+def _predict_faces(classifier: FaceClassifier, files: list[str], cfg, out_dir: Path) -> list[dict]:
+    rows, names, precropped = [], set(), []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with Progress(len(files), f"faces ({cfg.detector.name})", "img", every_s=progress_every_s(cfg),
+                  logger=log) as progress:
+        for file in files:
+            progress.update(1)
+            try:
+                with read_image(file) as im:
+                    image = im.copy()
+            except BadImageError as exc:
+                log.warning("skipped: %s", exc)
+                continue
+            faces, inputs, probs = classifier.classify(image)
+            if looks_precropped(image.width, image.height, faces, classifier.image_size):
+                precropped.append(file)
+            if not faces:
+                print(f"{file}: no face found")
+                rows.append({"file": file, "face": None, "top_k": [], "probabilities": {}})
+                continue
+            for index, (face, p) in enumerate(zip(faces, probs)):
+                rows.append(prediction_row(classifier.classes, p, cfg.top_k, file=file, face=index,
+                                           box=list(face.box), detector_score=round(face.score, 4)))
+                print(f"{file} face {index} at {face.box}: {_ranked(rows[-1])}")
+            annotated = annotate(image, faces, [classifier.label(p) for p in probs])
+            name = _unique_name(Path(file).stem + "_faces.jpg", names)
+            annotated.save(out_dir / name, quality=92)
+            if cfg.saliency:
+                save_figure(classifier.saliency_figure(inputs, probs, f"Grad-CAM of the predicted class, {file}"),
+                            out_dir / name.replace("_faces.jpg", "_saliency.png"))
+    if precropped:
+        log.warning("%d of %d images look like pre-cropped faces (small, or one face filling the image), e.g. %s: "
+                    "faces=false predicts whole images, as for a dataset of cropped faces",
+                    len(precropped), len(files), precropped[0])
+    log.info("Annotated images in %s", out_dir)
+    return rows
+
+
+def _ranked(row: dict) -> str:
+    return ", ".join(f"{r['label']} {r['probability']:.3f}" for r in row["top_k"])
+
+
+def _unique_name(name: str, taken: set[str]) -> str:
+    """`name`, or name_2, name_3, ... when images of the same name from other folders came first."""
+    stem, suffix, candidate, n = Path(name).stem, Path(name).suffix, name, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{stem}_{n}{suffix}"
+    taken.add(candidate)
+    return candidate
 
 
 def _write_predictions(rows: list[dict], classes: list[str], path: Path) -> None:
@@ -86,10 +236,23 @@ def _write_predictions(rows: list[dict], classes: list[str], path: Path) -> None
         return
     if path.suffix.lower() != ".csv":
         raise UserError(f"output={path}: use a .csv or .json file name")
+    faces = any("face" in row for row in rows)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["file", "predicted", "confidence", *[f"p_{c}" for c in classes]])
+        where = ["file", "face", "x0", "y0", "x1", "y1", "detector_score"] if faces else ["file"]
+        writer.writerow([*where, "predicted", "confidence", *[f"p_{c}" for c in classes]])
         for row in rows:
+            located = [row["file"]]
+            if faces:
+                box = row.get("box") or [""] * 4
+                located += [_blank(row.get("face")), *box, _blank(row.get("detector_score"))]
+            if not row["top_k"]:  # an image without a face: its row says so by its empty prediction
+                writer.writerow([*located, "", "", *[""] * len(classes)])
+                continue
             best = row["top_k"][0]
-            writer.writerow([row["file"], best["label"], f"{best['probability']:.6f}",
+            writer.writerow([*located, best["label"], f"{best['probability']:.6f}",
                              *[f"{row['probabilities'][c]:.6f}" for c in classes]])
+
+
+def _blank(value) -> str:
+    return "" if value is None else str(value)

@@ -126,6 +126,14 @@ def run_evaluation(cfg: DictConfig, run_dir: str | Path) -> dict:
     if cfg.embed:
         features = predictors[0].features(split.images, f"{split_name} features")
         write_embedding(run_dir, features, split, classes, split_name)
+    if cfg.saliency:
+        from .saliency import split_saliency
+
+        which = "" if len(predictors) == 1 else " (the maps are the first model's, for the ensemble's predictions)"
+        figure = split_saliency(predictors[0], split.images, split.labels, evaluation.probs, classes,
+                                cfg.saliency_per_class, f"Grad-CAM of the predicted class, {title}{which}")
+        save_figure(figure, run_dir / "saliency.png")
+        log.info("Saliency maps: %s", run_dir / "saliency.png")
     m = evaluation.metrics
     log.info("%s (tta=%s): acc %.4f, macro-F1 %.4f, balanced acc %.4f", title, cfg.tta.mode, m["acc"],
              m["macro_f1"], m["balanced_acc"])
