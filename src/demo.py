@@ -57,10 +57,8 @@ def probability_chart(classes, faces_probs):
 
 def build_demo(classifier, faces: bool = True):
     """The Gradio page around a FaceClassifier (faces=False: the whole image is the input)."""
-    try:
-        import gradio as gr
-    except ImportError:
-        raise UserError(f"the demo page needs Gradio, which is not installed: {INSTALL_HINT}") from None
+    import gradio as gr
+
     from .data.images import image_to_array
     from .evaluation.faces import Face, annotate
 
@@ -96,6 +94,10 @@ def launch(cfg: DictConfig, block: bool = True):
     """Builds the classifier and serves the page; returns the Gradio app (block=False: in a thread)."""
     check_values(cfg, DEMO_RULES)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no usage reports leave the machine
+    try:
+        import gradio  # noqa: F401 - checked before the checkpoint and the detector are loaded
+    except ImportError:
+        raise UserError(f"the demo page needs Gradio, which is not installed: {INSTALL_HINT}") from None
     from .evaluation.image_prediction import FaceClassifier
 
     classifier = FaceClassifier(cfg)

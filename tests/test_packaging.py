@@ -50,7 +50,8 @@ def test_the_wheel_carries_the_configs_and_the_console_scripts(wheel):
     (info,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
     entry_points.read_string(zipfile.ZipFile(wheel).read(info).decode())
     scripts = dict(entry_points["console_scripts"])
-    assert {"fer-train", "fer-evaluate", "fer-predict", "fer-export", "fer-report", "fer-bench"} <= set(scripts)
+    commands = {"fer-train", "fer-evaluate", "fer-predict", "fer-demo", "fer-export", "fer-report", "fer-bench"}
+    assert commands <= set(scripts)
 
 
 @pytest.mark.slow

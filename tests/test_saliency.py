@@ -77,3 +77,13 @@ def test_evaluate_writes_saliency_png(trained, tmp_path):  # noqa: F811
     evaluate(trained, tmp_path, f"ckpt_path={quote(trained['ckpts'][0])}", "saliency=true", "saliency_per_class=2")
     figure = Image.open(tmp_path / "saliency.png")
     assert figure.size[0] > 200 and figure.size[1] > 200
+
+
+def test_missing_captum_is_one_sentence_before_anything_is_loaded(monkeypatch, tmp_path):
+    import sys
+
+    from src.errors import UserError
+
+    monkeypatch.setitem(sys.modules, "captum.attr", None)
+    with pytest.raises(UserError, match=r"Captum.*\.\[saliency\]"):
+        evaluate({"cache": tmp_path}, tmp_path, f"ckpt_path={quote(tmp_path / 'never_read.pt')}", "saliency=true")

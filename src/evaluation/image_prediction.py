@@ -138,6 +138,10 @@ def predict_images(cfg) -> list[dict]:
     files = expand_image_paths(entries)
     if not files:
         raise UserError(f"no readable images in images={entries}: no file matched")
+    if cfg.saliency:
+        from .saliency import require_captum
+
+        require_captum()
     classifier = FaceClassifier(cfg)
     out_dir = Path(cfg.out_dir)
     rows = _predict_faces(classifier, files, cfg, out_dir) if cfg.faces else _predict_whole(classifier, files, cfg)
@@ -205,8 +209,9 @@ def _predict_faces(classifier: FaceClassifier, files: list[str], cfg, out_dir: P
             name = _unique_name(Path(file).stem + "_faces.jpg", names)
             annotated.save(out_dir / name, quality=92)
             if cfg.saliency:
-                save_figure(classifier.saliency_figure(inputs, probs, f"Grad-CAM of the predicted class, {file}"),
-                            out_dir / name.replace("_faces.jpg", "_saliency.png"))
+                title = f"Grad-CAM of the predicted class, {Path(file).name}"
+                figure = classifier.saliency_figure(inputs, probs, title)
+                save_figure(figure, out_dir / name.replace("_faces.jpg", "_saliency.png"))
     if precropped:
         log.warning("%d of %d images look like pre-cropped faces (small, or one face filling the image), e.g. %s: "
                     "faces=false predicts whole images, as for a dataset of cropped faces",

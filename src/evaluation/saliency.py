@@ -28,6 +28,14 @@ log = logging.getLogger(__name__)
 INSTALL_HINT = "pip install -e '.[saliency]' (or pip install 'fer-runner[saliency]')"
 
 
+def require_captum() -> None:
+    """A one-sentence error now, not after a long evaluation, when the `saliency` extra is missing."""
+    try:
+        import captum.attr  # noqa: F401
+    except ImportError:
+        raise UserError(f"saliency maps need Captum, which is not installed: {INSTALL_HINT}") from None
+
+
 def feature_layer(model: nn.Module, example: torch.Tensor) -> nn.Module:
     """The last module to finish with a spatial (N, C, H, W) output, H or W > 1, for `example` (a batch
     of model inputs): the last convolutional feature map before global pooling."""
@@ -53,10 +61,9 @@ def feature_layer(model: nn.Module, example: torch.Tensor) -> nn.Module:
 def grad_cam(predictor, images: torch.Tensor, targets: Sequence[int]) -> torch.Tensor:
     """(N, H, W) Grad-CAM maps in [0, 1] (each scaled by its own maximum) of the classes `targets` for
     uint8 images (N, C, H, W), at the model's input size (the predictor's centre crop), in fp32."""
-    try:
-        from captum.attr import LayerAttribution, LayerGradCam
-    except ImportError:
-        raise UserError(f"saliency maps need Captum, which is not installed: {INSTALL_HINT}") from None
+    require_captum()
+    from captum.attr import LayerAttribution, LayerGradCam
+
     model = predictor.model.eval()
     device = next(model.parameters()).device
     inputs = predictor.inputs.centre(images.to(device)).float()
@@ -91,7 +98,7 @@ def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarr
     base = np.repeat(base, 3, axis=2) if base.shape[2] == 1 else base
     heat = colormaps["jet"](cam)[..., :3]
     weight = alpha * cam[..., None]
-    return base * (1 - weight) + heat * weight
+    return np.clip(base * (1 - weight) + heat * weight, 0, 1)
 
 
 Tile = tuple[np.ndarray, np.ndarray, str, str]  # uint8 image (H, W, C), map (H, W), title, title colour
@@ -117,7 +124,7 @@ def saliency_figure(rows: Sequence[tuple[str, list[Tile]]], title: str):
                 ax.imshow(overlay(image, cam))
                 ax.set_title(tile_title, fontsize=6, color=colour)
     figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.3 / figure.get_figheight()))  # room for the title
     return figure
 
 

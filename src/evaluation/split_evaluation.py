@@ -92,6 +92,10 @@ def write_embedding(out_dir: str | Path, features: torch.Tensor, split: Split, c
 def run_evaluation(cfg: DictConfig, run_dir: str | Path) -> dict:
     """`python -m src.evaluate`: one checkpoint or an ensemble on a split, with the full report."""
     check_values(cfg, EVAL_RULES)
+    if cfg.saliency:
+        from .saliency import require_captum
+
+        require_captum()
     run_dir = Path(run_dir)
     paths = checkpoint_paths(cfg.ckpt_path)
     predictors, shared = load_predictors(paths, cfg.trainer, cfg.tta)
