@@ -142,8 +142,9 @@ def split_saliency(predictor, images: torch.Tensor, labels: torch.Tensor, probs:
     chosen = np.concatenate([picked for _, picked in groups]).astype(np.int64)
     if not len(chosen):
         raise UserError("no images to draw saliency maps for")
-    cams = grad_cam(predictor, images[torch.as_tensor(chosen)], predicted[chosen].tolist())
-    seen = model_view(predictor, images[torch.as_tensor(chosen)]).permute(0, 2, 3, 1).cpu().numpy()
+    subset = images[torch.as_tensor(chosen)]
+    cams = grad_cam(predictor, subset, predicted[chosen].tolist())
+    seen = model_view(predictor, subset).permute(0, 2, 3, 1).cpu().numpy()
     tiles = {int(i): (seen[n], cams[n].numpy(), f"{classes[labels_np[i]]}→{classes[predicted[i]]} {confidence[i]:.2f}",
                       "darkgreen" if labels_np[i] == predicted[i] else "darkred") for n, i in enumerate(chosen)}
     return saliency_figure([(name, [tiles[int(i)] for i in picked]) for name, picked in groups], title)
