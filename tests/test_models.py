@@ -15,6 +15,7 @@ from src.config import build as build_from_config
 from src.errors import ConfigError
 from src.models import count_parameters
 from src.models.blocks import Bottleneck, ShakeBlock, _ShakeMix
+from src.models.common import Dropout
 from tests.helpers import ROOT
 
 MODEL_DIR = ROOT / "conf" / "model"
@@ -159,6 +160,40 @@ def test_head_dropout_is_configurable():
     assert model.head[0].p == 0.3
     with pytest.raises(ConfigError, match="model.dropout=1.5"):
         build_or_raise("resnet18", dropout=1.5)
+
+
+@pytest.mark.parametrize("p", [0.2, 0.4])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_dropout_keeps_each_element_with_probability_1_minus_p(p, channels_last):
+    # The CPU fast path draws its own mask: the keep rate, the scale, independence from the memory layout
+    # and the gradient must be those of nn.Dropout.
+    x = torch.rand(16, 32, 24, 24) + 0.5
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    torch.manual_seed(0)
+    out = Dropout(p).train()(x)
+    kept = out != 0
+    assert abs(kept.float().mean().item() - (1 - p)) < 0.005
+    assert torch.allclose(out[kept], x[kept] / (1 - p))
+    # No structure along any axis: the keep rate per channel and per row is the same everywhere.
+    for dims in ((0, 2, 3), (0, 1, 3)):
+        assert (kept.float().mean(dim=dims) - (1 - p)).abs().max() < 0.03
+    assert out.is_contiguous(memory_format=torch.channels_last) == channels_last
+    out.sum().backward()
+    assert torch.allclose(x.grad, kept.float() / (1 - p))
+
+
+def test_dropout_is_seeded_and_an_identity_in_eval():
+    x = torch.randn(4, 8, 6, 6)
+    masks = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        masks.append(Dropout(0.5).train()(x) != 0)
+    assert torch.equal(masks[0], masks[1])
+    assert not torch.equal(masks[0], Dropout(0.5).train()(x) != 0)
+    assert torch.equal(Dropout(0.5).eval()(x), x)
+    assert torch.equal(Dropout(0.0).train()(x), x)
 
 
 def test_zero_init_residual_makes_blocks_start_as_identity():

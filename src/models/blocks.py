@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .common import Dropout
+
 
 def _projection(in_channels: int, out_channels: int, stride: int) -> nn.Module:
     """1x1 conv + BN shortcut where the shape changes, identity elsewhere."""
@@ -93,7 +95,7 @@ class PreActBlock(nn.Module):
         self.preact = nn.Sequential(nn.BatchNorm2d(in_channels), nn.ReLU(inplace=True))
         self.residual = nn.Sequential(
             nn.Conv2d(in_channels, mid_channels, 3, stride=stride, padding=1, groups=groups, bias=False),
-            nn.BatchNorm2d(mid_channels), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.BatchNorm2d(mid_channels), nn.ReLU(inplace=True), Dropout(dropout),
             nn.Conv2d(mid_channels, out_channels, 3, padding=1, bias=False))
         self.projection = (None if stride == 1 and in_channels == out_channels
                            else nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False))

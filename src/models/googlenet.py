@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
-from .common import check_dropout, kaiming_init, resolve_stem
+from .common import Dropout, check_dropout, kaiming_init, resolve_stem
 
 # The paper's table: (1x1, 3x3 reduce, 3x3, 5x5 reduce, 5x5, pool projection) of each Inception module.
 INCEPTION = {
@@ -52,7 +52,7 @@ class AuxHead(nn.Module):
         super().__init__()
         self.layers = nn.Sequential(
             nn.AdaptiveAvgPool2d(4), conv_bn_relu(in_channels, 128, 1), nn.Flatten(),
-            nn.Linear(128 * 4 * 4, 1024), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(1024, num_classes),
+            nn.Linear(128 * 4 * 4, 1024), nn.ReLU(inplace=True), Dropout(dropout), nn.Linear(1024, num_classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -106,7 +106,7 @@ class GoogLeNet(nn.Module):
         self.inception4e = nn.Sequential(modules["4e"], nn.MaxPool2d(3, stride=2, padding=1))
         self.inception5 = nn.Sequential(modules["5a"], modules["5b"])
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Sequential(nn.Dropout(check_dropout("model.dropout", dropout)), nn.Linear(channels, num_classes))
+        self.head = nn.Sequential(Dropout(check_dropout("model.dropout", dropout)), nn.Linear(channels, num_classes))
         self.num_features = channels
         self.aux_weight = float(aux_weight)
         self.aux = None

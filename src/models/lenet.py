@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .common import check_dropout
+from .common import Dropout, check_dropout
 
 
 class LeNet(nn.Module):
@@ -23,7 +23,7 @@ class LeNet(nn.Module):
             nn.Linear(16 * 5 * 5, 120), nn.ReLU(inplace=True),
             nn.Linear(120, 84), nn.ReLU(inplace=True),
         )
-        self.head = nn.Sequential(nn.Dropout(check_dropout("model.dropout", dropout)), nn.Linear(84, num_classes))
+        self.head = nn.Sequential(Dropout(check_dropout("model.dropout", dropout)), nn.Linear(84, num_classes))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The penultimate-layer features (84 per image)."""

@@ -26,7 +26,7 @@ import torch.nn as nn
 
 from ..errors import ConfigError
 from .blocks import BLOCKS
-from .common import check_dropout, kaiming_init, make_stem, resolve_stem
+from .common import Dropout, check_dropout, kaiming_init, make_stem, resolve_stem
 
 
 class ResNet(nn.Module):
@@ -102,11 +102,11 @@ class ResNet(nn.Module):
                 channels = out_channels
                 from_end = depth - j  # 1 for the last block
                 if from_end <= len(stage_dropout) and stage_dropout[-from_end] > 0:
-                    blocks.append(nn.Dropout(stage_dropout[-from_end]))
+                    blocks.append(Dropout(stage_dropout[-from_end]))
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
         self.pool = nn.Sequential(*block_class.final_layers(channels), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Sequential(nn.Dropout(check_dropout("model.dropout", dropout)),
+        self.head = nn.Sequential(Dropout(check_dropout("model.dropout", dropout)),
                                   nn.Linear(channels, num_classes))
         self.num_features = channels
 

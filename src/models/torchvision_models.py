@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError, UserError
-from .common import check_dropout, resolve_stem
+from .common import Dropout, check_dropout, resolve_stem
 
 if TYPE_CHECKING:
     import torchvision
@@ -108,7 +108,7 @@ class TorchvisionNet(nn.Module):
             _set_module(self.net, self.layout["pool"], nn.Identity())
         self.num_features = self.net.get_submodule(self.layout["head"]).in_features
         _set_module(self.net, self.layout["head"],
-                    nn.Sequential(nn.Dropout(dropout), nn.Linear(self.num_features, num_classes)))
+                    nn.Sequential(Dropout(dropout), nn.Linear(self.num_features, num_classes)))
 
     @staticmethod
     def _build(arch: str, pretrained: bool) -> nn.Module:
