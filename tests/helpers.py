@@ -27,10 +27,18 @@ def quote(path: str | Path) -> str:
     return "'" + str(path).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+def compose_entry(name: str, overrides: Sequence[str] = ()) -> DictConfig:
+    """conf/<name>.yaml composed with `overrides`, as `python -m src.<name>` would (without the hydra node),
+    with the entrypoints' resolvers (${run_id:} ...) registered as importing an entrypoint registers them."""
+    import src.entry  # noqa: F401 - registers the resolvers
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name=name, overrides=list(overrides))
+
+
 def compose_train(overrides: Sequence[str] = ()) -> DictConfig:
     """conf/train.yaml composed with `overrides`, as `python -m src.train` would (without the hydra node)."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="train", overrides=list(overrides))
+    return compose_entry("train", overrides)
 
 
 def fast_overrides(root: str | Path, cache_dir: str | Path, *overrides: str) -> list[str]:

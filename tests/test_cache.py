@@ -273,7 +273,8 @@ def _folder(tmp_path: Path) -> Path:
 
 def test_a_decode_in_parts_on_several_processes_equals_one_in_one_go(tmp_path, monkeypatch):
     root = _folder(tmp_path)
-    whole = sources.read_folder(root, 1, 24, None, on_bad_image="skip")  # one part: one process
+    whole = sources.read_folder(root, 1, 24, None, on_bad_image="skip")  # one part: one process, in memory
+    monkeypatch.setattr(cache_module, "RAW_MIN_BYTES", 1024)  # into the raw file, as a large dataset is
     monkeypatch.setattr(sources, "DECODE_PART", 16)  # 120 images: 8 parts on 2 worker processes
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     # torch's thread pool running in this process, as in a training: a forked worker that used torch would hang
@@ -296,6 +297,7 @@ def test_a_decode_in_parts_on_several_processes_equals_one_in_one_go(tmp_path, m
 def test_an_interrupted_decode_goes_on_from_its_parts_and_ends_the_same(tmp_path, monkeypatch, caplog):
     root = _folder(tmp_path)
     monkeypatch.setattr(sources, "DECODE_PART", 16)
+    monkeypatch.setattr(cache_module, "RAW_MIN_BYTES", 1024)  # decoded into the raw file, as a large dataset is
     monkeypatch.setattr(os, "cpu_count", lambda: 1)  # in this process, so that the interruption can be placed
     reference = sources.read_folder(root, 1, 24, str(tmp_path / "reference"), on_bad_image="skip")
     real = sources._decode_part
@@ -312,20 +314,30 @@ def test_an_interrupted_decode_goes_on_from_its_parts_and_ends_the_same(tmp_path
         sources.read_folder(root, 1, 24, str(tmp_path / "cache"), on_bad_image="skip")
     (parts_dir,) = (tmp_path / "cache").glob("*.parts")
     assert len(list(parts_dir.glob("*.pt"))) == 3
+    # the pixels went to the raw file being built; a part's marker holds its checksum, not a copy of them
+    (partial,) = (tmp_path / "cache").glob("*.images.raw.partial")
+    assert partial.stat().st_size == 120 * 24 * 24
+    assert all(marker.stat().st_size < 4096 for marker in parts_dir.glob("*.pt"))
     # a part damaged meanwhile is decoded again, not trusted
     damaged = sorted(parts_dir.glob("*.pt"))[1]
     damaged.write_bytes(damaged.read_bytes()[:-100])
+    # and so is a part whose pixels in the raw file changed since its marker was written
+    with open(partial, "r+b") as f:
+        f.seek(5 * 24 * 24)
+        f.write(b"\x07" * 10)
     decoded.clear()
     monkeypatch.setattr(sources, "_decode_part", lambda *args: decoded.append(args[1]) or real(*args))
     with caplog.at_level(logging.INFO):
         resumed = sources.read_folder(root, 1, 24, str(tmp_path / "cache"), on_bad_image="skip")
-    assert "2 of 8 parts were done" in caplog.text
-    assert sorted(decoded) == [16] + list(range(48, 128, 16))  # the damaged part and the five never decoded
+    assert "1 of 8 parts were done" in caplog.text
+    assert sorted(decoded) == [0, 16] + list(range(48, 128, 16))  # the two damaged parts, the five never decoded
     for name, split in reference.splits.items():
         assert torch.equal(resumed.splits[name].images, split.images) and resumed.splits[name].files == split.files
     entry, = (tmp_path / "cache").glob("*.pt")
     assert hashlib.sha256(entry.read_bytes()).digest() == hashlib.sha256(
         next((tmp_path / "reference").glob("*.pt")).read_bytes()).digest()
+    assert partial.with_suffix("").read_bytes() == next((tmp_path / "reference").glob("*.raw")).read_bytes()
+    assert not partial.exists() and not parts_dir.exists()
 
 
 def test_the_decode_worker_uses_no_torch(tmp_path, monkeypatch):
@@ -354,7 +366,11 @@ def test_the_pixels_are_memory_mapped_and_a_changed_raw_file_is_decoded_again(tm
     monkeypatch.setattr(cache_module, "RAW_MIN_BYTES", 1024)  # the synthetic dataset's pixels are small
     root = write_dataset(tmp_path / "faces", splits={"train": 20, "val": 5})
     first = sources.read_folder(root, 1, 24, str(tmp_path / "cache"))
+    # decoded straight into the raw file, which is then mapped copy-on-write (a change of the file shows in the
+    # mapping: keep a copy to compare with)
+    first_train = first.splits["train"].images.clone()
     (raw,) = (tmp_path / "cache").glob("*.images.raw")
+    assert not list((tmp_path / "cache").glob("*.partial"))
     warm = sources.read_folder(root, 1, 24, str(tmp_path / "cache"))
     for name, split in first.splits.items():
         assert torch.equal(warm.splits[name].images, split.images)
@@ -369,9 +385,35 @@ def test_the_pixels_are_memory_mapped_and_a_changed_raw_file_is_decoded_again(tm
     with caplog.at_level(logging.WARNING):
         again = sources.read_folder(root, 1, 24, str(tmp_path / "cache"))
     assert "is not the one its entry was written with" in caplog.text
-    assert torch.equal(again.splits["train"].images, first.splits["train"].images)
+    assert torch.equal(again.splits["train"].images, first_train)
     raw.write_bytes(raw.read_bytes()[:-10])  # truncated
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         sources.read_folder(root, 1, 24, str(tmp_path / "cache"))
     assert "is not the one its entry was written with" in caplog.text
+
+
+def test_a_dataset_larger_than_memory_decodes_into_the_cache_folder(tmp_path, monkeypatch):
+    """Decoded into the raw file, the pixels need disk space, not memory: with a cache folder a dataset over
+    the memory budget is decoded (and served memory-mapped); without one it is refused before decoding, as
+    is one larger than the cache folder's free space."""
+    import src.data.memory as memory_module
+    from src.errors import DataError
+    from tests.helpers import write_dataset
+
+    root = write_dataset(tmp_path / "faces", splits={"train": 20, "val": 5})
+    monkeypatch.setattr(cache_module, "RAW_MIN_BYTES", 1024)
+    monkeypatch.setattr(memory_module, "available_host_bytes", lambda: 4096)  # 75 images of 24x24 need 42 KiB
+    with pytest.raises(DataError, match="of memory available"):
+        sources.read_folder(root, 1, 24, None)
+    data = sources.read_folder(root, 1, 24, str(tmp_path / "cache"))
+    assert len(data.splits["train"]) == 60 and len(data.splits["val"]) == 15
+    (raw,) = (tmp_path / "cache").glob("*.images.raw")
+    assert raw.stat().st_size == 75 * 24 * 24
+
+    class Full:
+        free = 10_000  # bytes: fewer than the 76,800 the pixels need at 32x32
+
+    monkeypatch.setattr(cache_module.shutil, "disk_usage", lambda path: Full())
+    with pytest.raises(DataError, match=r"needs 0.0 GiB in the cache folder .* which has 0.0 GiB free"):
+        sources.read_folder(root, 1, 32, str(tmp_path / "cache"))  # another size: another entry to decode

@@ -141,12 +141,13 @@ def test_an_empty_scaler_state_is_not_loaded_into_an_fp16_run():
 
 
 def test_the_data_budget_on_a_gpu_is_half_of_its_free_memory(monkeypatch):
-    from src.data.memory import DEVICE_FRACTION, device_budget_bytes
+    from src.data.memory import DEVICE_FRACTION, HOST_FRACTION, available_host_bytes, device_budget_bytes
 
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 * 2**30, 80 * 2**30))
     assert device_budget_bytes(torch.device("cuda:0")) == int(DEVICE_FRACTION * 10 * 2**30)
     assert device_budget_bytes(torch.device("cuda:0"), 123) == 123  # data.max_device_bytes wins
-    assert device_budget_bytes(torch.device("cpu")) is None
+    # on the CPU: the memory a gathered copy of a split of scattered rows may take
+    assert abs(device_budget_bytes(torch.device("cpu")) - HOST_FRACTION * available_host_bytes()) < 2**28
 
 
 def test_gpu_check_on_a_cpu_machine_says_what_it_skipped(tmp_path, capsys):

@@ -276,22 +276,36 @@ def test_normalization_statistics_from_histograms_equal_float64_over_the_whole_s
 
     images = torch.randint(0, 256, (9000, 3, 8, 8), dtype=torch.uint8)  # more than one chunk of 4096
     images[:, 2] //= 4  # channels that differ
-    mean, std = channel_mean_std(images)
+    labels = torch.zeros(9000, dtype=torch.long)
+    files = [str(i) for i in range(9000)]
+    mean, std = channel_mean_std(Split(images, labels, files))
     pixels = images.transpose(0, 1).reshape(3, -1).double()
     assert mean == pytest.approx((pixels.mean(1) / 255).tolist(), rel=1e-12)
     assert std == pytest.approx((pixels.std(1) / 255).tolist(), rel=1e-12)
-    assert channel_mean_std(torch.full((2, 1, 4, 4), 7, dtype=torch.uint8)) == ([7 / 255], [0.0])
+    # a split of scattered rows (a subset): its own images only, chunk by chunk
+    rows = torch.randperm(9000, generator=torch.Generator().manual_seed(0))[:5000]
+    mean, std = channel_mean_std(Split(images, labels, files).subset(rows))
+    pixels = images[rows].transpose(0, 1).reshape(3, -1).double()
+    assert mean == pytest.approx((pixels.mean(1) / 255).tolist(), rel=1e-12)
+    assert std == pytest.approx((pixels.std(1) / 255).tolist(), rel=1e-12)
+    assert channel_mean_std(Split(torch.full((2, 1, 4, 4), 7, dtype=torch.uint8), labels[:2], files[:2])) == (
+        [7 / 255], [0.0])
 
 
+@pytest.mark.parametrize("scattered", [False, True])
 @pytest.mark.parametrize("shuffle", [True, False])
-def test_a_split_over_the_device_budget_gives_the_same_batches_from_host_memory(shuffle):
+def test_a_split_over_the_device_budget_gives_the_same_batches_from_host_memory(shuffle, scattered):
     """Over data.max_device_bytes the split stays where it is (host memory, or the cache's memory map) and
-    batches are gathered from it: the same batches as from a device-resident copy, and no copy of it made."""
+    batches are gathered from it: the same batches as from a device-resident copy, and no copy of it made;
+    also for a split of scattered rows of its source (a class selection, a val holdout, skipped images)."""
     split = indexed_split([7, 11, 5])
+    if scattered:
+        split = split.subset(torch.randperm(23, generator=torch.Generator().manual_seed(1))[:17])
+        assert split.rows is not None and split.run is None and len(split.source) == 23
     resident = DeviceLoader(split, 4, "cpu", shuffle=shuffle, seed=3)
     streamed = DeviceLoader(split, 4, "cpu", shuffle=shuffle, seed=3, budget_bytes=1)
     assert resident.on_device and not streamed.on_device
-    assert streamed.images.data_ptr() == split.images.data_ptr()
+    assert streamed.images is None  # batches gathered from the split's source, no copy of it
     for _ in range(2):
         a, b = epoch(resident), epoch(streamed)
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[2] == b[2]

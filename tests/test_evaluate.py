@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from hydra import compose, initialize_config_dir
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
@@ -23,15 +22,10 @@ from src.evaluation.predictor import Ensemble, Predictor, checkpoint_paths, load
 from src.evaluation.split_evaluation import run_evaluation
 from src.models import LeNet
 from src.training.experiment import train
-from tests.helpers import CONF_DIR, compose_train, fast_overrides, quote, write_dataset
+from tests.helpers import compose_entry, compose_train, fast_overrides, quote, write_dataset
 
 REPORT_FILES = ("metrics.json", "confusion_matrix.png", "roc.png", "pr.png", "misclassified.png", "per_class.md",
                 "predictions.csv")
-
-
-def compose_entry(name: str, overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name=name, overrides=overrides)
 
 
 @pytest.fixture(scope="module")

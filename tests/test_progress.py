@@ -8,7 +8,6 @@ import sys
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 import src.progress as progress_module
 from src.config import EVAL_RULES, PREDICT_RULES, check_values
@@ -18,7 +17,7 @@ from src.evaluation.predictor import Ensemble, Predictor, load_predictors
 from src.models import LeNet
 from src.progress import Progress
 from src.training.experiment import train
-from tests.helpers import CONF_DIR, compose_train, fast_overrides, quote
+from tests.helpers import compose_entry, compose_train, fast_overrides, quote
 
 ETA = r"ETA \d\d:\d\d"
 
@@ -37,11 +36,6 @@ def console(monkeypatch, stdout: bool, stderr: bool) -> io.StringIO:
     monkeypatch.setattr(sys, "stderr", err)
     monkeypatch.setattr(progress_module, "DELAY_S", 0.0)
     return err
-
-
-def compose_entry(name: str, overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name=name, overrides=overrides)
 
 
 def messages(caplog, logger: str) -> list[str]:

@@ -20,12 +20,15 @@ import logging
 import os
 import re
 import secrets
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..errors import DataError
 from ..fileio import atomic_torch_save, open_regular
+from .memory import check_fits_in_host_memory
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +122,21 @@ def _write_raw(path: Path, tensor: torch.Tensor) -> dict:
     return {"file": path.name, "dtype": str(tensor.dtype), "shape": list(tensor.shape), "sha256": digest.hexdigest()}
 
 
+def _sha256(array: np.ndarray) -> str:
+    """SHA-256 of a (C-contiguous) array's bytes, in blocks: a memory-mapped array is read once, in order."""
+    digest = hashlib.sha256()
+    flat = memoryview(array.reshape(-1).view(np.uint8))
+    for start in range(0, len(flat), _HASH_BLOCK):
+        digest.update(flat[start:start + _HASH_BLOCK])
+    return digest.hexdigest()
+
+
+def _map_file(path: Path, dtype: np.dtype, shape: tuple, mode: str) -> torch.Tensor:
+    if int(np.prod(shape, dtype=np.int64)) == 0:
+        return torch.from_numpy(np.zeros(shape, dtype=dtype))
+    return torch.from_numpy(np.memmap(path, dtype=dtype, mode=mode, shape=shape))
+
+
 def _map_raw(path: Path, info: dict) -> torch.Tensor | None:
     """The raw file as a tensor mapped from it, None when it is missing or its bytes are not the ones written
     (the entry's HMAC covers the SHA-256 the file must have)."""
@@ -132,9 +150,7 @@ def _map_raw(path: Path, info: dict) -> torch.Tensor | None:
     except OSError as exc:
         log.warning("Cache file %s cannot be read (%s); decoding again", path, exc.strerror or exc)
         return None
-    if size == 0:
-        return torch.from_numpy(np.zeros(info["shape"], dtype=dtype))
-    return torch.from_numpy(np.memmap(path, dtype=dtype, mode="c", shape=tuple(info["shape"])))
+    return _map_file(path, dtype, tuple(info["shape"]), "c")
 
 
 class DecodeCache:
@@ -145,6 +161,7 @@ class DecodeCache:
         self.name, self.key = name, key
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")[-60:] or "dataset"
         self.path = Path(cache_dir).expanduser() / f"{slug}-{key[:24]}.pt" if cache_dir is not None else None
+        self._buffers: dict[str, torch.Tensor] = {}  # name -> the decode_buffer tensor mapped from its .partial
 
     def load(self) -> dict | None:
         data = self._read(self.path, self.key) if self.path is not None and self.path.exists() else None
@@ -172,14 +189,20 @@ class DecodeCache:
                 log.warning("Cache file %s is unreadable (%s); decoding again", path, exc)
         return None
 
+    def _raw_path(self, name: str) -> Path:
+        return self.path.with_name(f"{self.path.stem}.{name}.raw")
+
     def _write(self, path: Path, key: str, data: dict) -> bool:
-        """The entry: tensors of RAW_MIN_BYTES or more each as a raw file beside it (<entry>.<name>.raw, named
-        with their shape, dtype and SHA-256 in the entry), the rest in the entry, all under its HMAC."""
+        """The entry: tensors of RAW_MIN_BYTES or more (and those decoded into a decode_buffer) each as a raw
+        file beside it (<entry>.<name>.raw, named with their shape, dtype and SHA-256 in the entry), the rest in
+        the entry, all under its HMAC."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             raw = {name: value for name, value in data.items() if isinstance(value, torch.Tensor)
-                   and value.nbytes >= RAW_MIN_BYTES and str(value.dtype) in RAW_DTYPES}
-            described = {name: _write_raw(path.with_name(f"{path.stem}.{name}.raw"), tensor)
+                   and (value.nbytes >= RAW_MIN_BYTES or self._buffers.get(name) is value)
+                   and str(value.dtype) in RAW_DTYPES}
+            described = {name: self._finish_buffer(name) if self._buffers.get(name) is tensor
+                         else _write_raw(path.with_name(f"{path.stem}.{name}.raw"), tensor)
                          for name, tensor in raw.items()}
             stored = {k: v for k, v in data.items() if k not in raw} | ({RAW_KEY: described} if described else {})
             atomic_torch_save({"format": CACHE_FORMAT, "key": key, "digest": _digest(key, stored), "data": stored},
@@ -191,9 +214,74 @@ class DecodeCache:
             return False
 
     def save(self, data: dict) -> None:
+        """Stores `data`. A tensor decoded into a decode_buffer is not copied: its .partial file becomes the
+        entry's raw file, and data[name] is mapped from that file copy-on-write, like a loaded entry."""
         if self.path is not None and self._write(self.path, self.key, data):
             log.info("Decoded %s and cached it at %s", self.name, self.path)
+            for name, tensor in list(self._buffers.items()):
+                if data.get(name) is tensor:
+                    data[name] = _map_file(self._raw_path(name), tensor.numpy().dtype, tuple(tensor.shape), "c")
+                    del self._buffers[name]
             self.drop_parts()
+
+    # -- a first decode written straight into its raw file ----------------------------------------------------
+
+    def decode_buffer(self, name: str, shape: tuple[int, ...], what: str) -> torch.Tensor:
+        """Where a first decode writes `name` (uint8 pixels). With a cache folder: the raw file being built,
+        <entry>.<name>.raw.partial, memory-mapped shared: the decoded pixels are page-cache pages the kernel
+        writes back to disk, never private memory of this process, so a dataset larger than memory decodes
+        (it needs the disk space, checked here). The file is kept by an interrupted decode: the parts that
+        were done are checked against it (part_done) and not decoded again. Without a cache folder (or where
+        the file cannot be made) the pixels go to host memory, which must hold them; so do those of a dataset
+        under RAW_MIN_BYTES, whose entry keeps them inside."""
+        count, *image = shape
+        needed = int(np.prod(shape, dtype=np.int64))
+        if self.path is not None and needed >= RAW_MIN_BYTES:
+            partial = self._raw_path(name).with_suffix(".raw.partial")
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                exists = partial.is_file() and partial.stat().st_size == needed
+                free = shutil.disk_usage(self.path.parent).free
+                if not exists and needed > free:
+                    raise DataError(f"decoding {count:,} images of {'x'.join(map(str, image))} from {what} needs "
+                                    f"{needed / 2**30:.1f} GiB in the cache folder {self.path.parent}, which has "
+                                    f"{free / 2**30:.1f} GiB free; free some, point data.cache_dir elsewhere, or "
+                                    "lower data.image_size")
+                tensor = _map_file(partial, np.dtype(np.uint8), tuple(shape), "r+" if exists else "w+")
+                self._buffers[name] = tensor
+                return tensor
+            except OSError as exc:
+                log.warning("Cannot decode into the cache folder %s (%s); decoding into memory", self.path.parent,
+                            exc.strerror or exc)
+        check_fits_in_host_memory(count, image[0], image[1], what)
+        return torch.empty(shape, dtype=torch.uint8)
+
+    def _finish_buffer(self, name: str) -> dict:
+        """The decode_buffer's .partial file, complete, renamed to the entry's raw file and described."""
+        tensor = self._buffers[name]
+        array = tensor.numpy()
+        if isinstance(getattr(array, "base", None), np.memmap):
+            array.base.flush()
+        raw = self._raw_path(name)
+        info = {"file": raw.name, "dtype": str(tensor.dtype), "shape": list(tensor.shape), "sha256": _sha256(array)}
+        os.replace(raw.with_suffix(".raw.partial"), raw)
+        return info
+
+    def part_done(self, index: int, part: torch.Tensor) -> list | None:
+        """The unreadable images ([index, error] pairs) of part `index` of an interrupted decode when it was
+        finished and `part` (its rows of the decode_buffer) still holds what was decoded; else None. Only a
+        decode into the raw file can go on (one in memory is under RAW_MIN_BYTES, or has no cache folder)."""
+        if not self._buffers:
+            return None
+        marker = self.load_part(index)
+        if marker is None or marker.get("sha256") != _sha256(part.numpy()):
+            return None
+        return marker["bad"]
+
+    def mark_part_done(self, index: int, part: torch.Tensor, bad: list) -> None:
+        """Records that part `index` is decoded into `part` (the SHA-256 of its bytes, under the HMAC)."""
+        if self._buffers:
+            self.save_part(index, {"sha256": _sha256(part.numpy()), "bad": bad})
 
     # -- parts of a decode in progress: an interrupted first decode goes on where it stopped ---------------
     # Each part (a chunk of decoded images) is an entry of its own, checked like the whole one, in

@@ -33,14 +33,13 @@ log = logging.getLogger(__name__)
 NORMALIZATION_CHUNK = 4096  # images at a time: a float64 copy of a whole split would cost 8 bytes a pixel
 
 
-def channel_mean_std(images: torch.Tensor) -> tuple[list[float], list[float]]:
-    """Per-channel mean and (sample) standard deviation of uint8 images (N, C, H, W), in [0, 1], from each
+def channel_mean_std(split: Split) -> tuple[list[float], list[float]]:
+    """Per-channel mean and (sample) standard deviation of a split's uint8 images, in [0, 1], from each
     channel's histogram of the 256 pixel values, counted over chunks of the split: exact, about 10x faster
-    than float64 statistics over the whole split, and never a float copy of all of it."""
-    channels = images.shape[1]
+    than float64 statistics over the whole split, and never a copy of all of it."""
+    channels = split.source.shape[1]
     counts = torch.zeros(channels, 256, dtype=torch.int64)
-    for start in range(0, len(images), NORMALIZATION_CHUNK):
-        chunk = images[start:start + NORMALIZATION_CHUNK]
+    for chunk in split.chunks(NORMALIZATION_CHUNK):
         for c in range(channels):
             counts[c] += torch.bincount(chunk[:, c].reshape(-1), minlength=256)
     values = torch.arange(256, dtype=torch.float64)
@@ -144,9 +143,7 @@ class ImageData:
     def _cross_validation_fold(self, splits: dict[str, Split], classes: list[str]) -> dict[str, Split]:
         """Pools every split the reader returned (a shipped val/ and test/ too, so that the k test parts
         partition the whole dataset) and returns fold `fold` as test, the other folds as train."""
-        parts = list(splits.values())
-        pool = Split(torch.cat([s.images for s in parts]), torch.cat([s.labels for s in parts]),
-                     [file for s in parts for file in s.files])
+        pool = Split.concat(list(splits.values()))
         counts = torch.bincount(pool.labels, minlength=len(classes)).tolist()
         # Only the classes trained on matter (unknown data.classes names are reported by _select_classes).
         used = [classes.index(c) for c in self.selected_classes or classes if c in classes]
@@ -199,7 +196,7 @@ class ImageData:
     def _set_normalization(self) -> None:
         """Per-channel mean/std of the training images in [0, 1], unless given in the config."""
         if self.mean is None or self.std is None:
-            mean, std = channel_mean_std(self.splits["train"].images)
+            mean, std = channel_mean_std(self.splits["train"])
             self.mean = mean if self.mean is None else self.mean
             self.std = [s if s > 1e-6 else 1.0 for s in std] if self.std is None else self.std
         for key, values in (("data.mean", self.mean), ("data.std", self.std)):
@@ -219,7 +216,7 @@ class ImageData:
                               balanced=self.balanced, drop_last=True, seed=seed, budget_bytes=budget)
         if not loader.on_device:
             log.warning("The training split (%.2f GiB) is over the device budget (%.2f GiB, data.max_device_bytes): "
-                        "it stays in host memory and batches are copied to %s", loader.images.nbytes / 2**30,
+                        "it stays in host memory and batches are copied to %s", loader.split.nbytes / 2**30,
                         budget / 2**30, device)
         return loader
 

@@ -45,11 +45,14 @@ class DeviceLoader:
         # Over the device's budget the split stays in host memory (as it is: perhaps memory-mapped from the
         # decode cache) and each batch is gathered there and copied over; to a GPU through two pinned
         # staging buffers, so that one batch's copy overlaps the previous batch's step (_host_batches).
-        self.on_device = budget_bytes is None or split.images.nbytes <= budget_bytes
+        # On the CPU "on the device" is a split of its own in host memory: the split as it is when its rows are
+        # consecutive (a view, perhaps of the memory-mapped cache), else its rows gathered once.
+        self.split = split
+        self.on_device = budget_bytes is None or split.nbytes <= budget_bytes
         if self.on_device:
             self.images, self.labels = split.images.to(self.device), split.labels.to(self.device)
         else:
-            self.images, self.labels = split.images, split.labels
+            self.images, self.labels = None, split.labels
         self._staging: list | None = None
         self.batch_size = batch_size
         self.shuffle = shuffle or balanced
@@ -111,19 +114,20 @@ class DeviceLoader:
         """Batches gathered from the split in host memory. To a GPU: gathered into one of two pinned staging
         buffers and copied asynchronously; a buffer is reused only after the copy out of it finished (its
         event), so gathering batch b+1 overlaps the copy and the step of batch b."""
+        source, rows = self.split.source, self.split.rows
         if self.device.type != "cuda":
-            yield from ((self.images[index], self.labels[index]) for index in indices)
+            yield from ((self.split.gather(index), self.labels[index]) for index in indices)
             return
         if self._staging is None:
-            shape = (self.batch_size, *self.images.shape[1:])
-            self._staging = [(torch.empty(shape, dtype=self.images.dtype).pin_memory(),
+            shape = (self.batch_size, *source.shape[1:])
+            self._staging = [(torch.empty(shape, dtype=source.dtype).pin_memory(),
                               torch.empty(self.batch_size, dtype=self.labels.dtype).pin_memory(),
                               torch.cuda.Event()) for _ in range(2)]
         for b, index in enumerate(indices):
             images, labels, copied = self._staging[b % 2]
             copied.synchronize()  # the copy out of this buffer (two batches ago) is done
             n = len(index)
-            torch.index_select(self.images, 0, index, out=images[:n])
+            torch.index_select(source, 0, index if rows is None else rows[index], out=images[:n])
             torch.index_select(self.labels, 0, index, out=labels[:n])
             batch = (images[:n].to(self.device, non_blocking=True), labels[:n].to(self.device, non_blocking=True))
             copied.record()

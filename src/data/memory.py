@@ -1,5 +1,5 @@
 """Memory budgets: decoded datasets must fit in host memory (checked before decoding), and live on
-the training device only when they fit its budget (otherwise batches are copied from host memory)."""
+the training device only when they fit its budget (otherwise batches are gathered from host memory)."""
 from __future__ import annotations
 
 import os
@@ -38,11 +38,13 @@ def check_fits_in_host_memory(count: int, channels: int, size: int, what: str) -
 
 def device_budget_bytes(device: torch.device, max_device_bytes: float | None = None) -> int | None:
     """How many bytes of dataset may live on `device`: `max_device_bytes`, or half of the GPU's free memory
-    (not of its total: another process or the previous job of a sweep worker may hold some of it).
-    None on the CPU, where the dataset is in host memory anyway."""
+    (not of its total: another process or the previous job of a sweep worker may hold some of it). On the
+    CPU the split is in host memory anyway; what the budget decides there is whether a split of scattered
+    rows of the (memory-mapped) decoded dataset is gathered once into a copy of its own (up to
+    HOST_FRACTION of the available memory) or batch by batch."""
     if max_device_bytes is not None:
         return int(max_device_bytes)
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return int(DEVICE_FRACTION * free)
-    return None
+    return int(HOST_FRACTION * available_host_bytes())

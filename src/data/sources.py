@@ -24,7 +24,6 @@ from ..fileio import open_regular
 from ..progress import Progress
 from .cache import DecodeCache, cache_key
 from .images import IMAGE_EXTENSIONS, decode_image, resize_uint8, to_channels
-from .memory import check_fits_in_host_memory
 
 log = logging.getLogger(__name__)
 
@@ -33,23 +32,62 @@ SPLITS = ("train", "val", "test")
 
 @dataclass
 class Split:
-    images: torch.Tensor  # (N, C, H, W) uint8
+    """Images with their labels and files. `source` holds the pixels, (M, C, H, W) uint8; with `rows`, the
+    split is those rows of it, in that order (a subset of a decoded, perhaps memory-mapped, dataset larger
+    than memory: its pixels are gathered batch by batch, never copied whole); without, all of it."""
+    source: torch.Tensor
     labels: torch.Tensor  # (N,) int64, indices into RawData.classes
     files: list[str]      # where each image came from, for predictions and error messages
+    rows: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def run(self) -> slice | None:
+        """The split's rows of its source as a slice when they are consecutive (a split folder of a dataset
+        decoded whole), else None."""
+        if self.rows is None:
+            return slice(0, len(self.source))
+        if len(self.rows) and int(self.rows[-1]) - int(self.rows[0]) + 1 == len(self.rows) and bool(
+                (self.rows.diff() == 1).all()):
+            return slice(int(self.rows[0]), int(self.rows[-1]) + 1)
+        return None
+
+    @property
+    def images(self) -> torch.Tensor:
+        """The split's pixels as one (N, C, H, W) tensor: a view of the source when its rows are consecutive,
+        else a copy (for evaluation and figures; training gathers batch by batch, see `gather`)."""
+        run = self.run
+        return self.source[run] if run is not None else self.source[self.rows]
+
+    @property
+    def nbytes(self) -> int:
+        return len(self) * self.source[0].nbytes if len(self.source) else 0
+
+    def gather(self, index: torch.Tensor) -> torch.Tensor:
+        """The pixels of the split's images `index` (positions in the split), gathered from the source."""
+        return self.source[index if self.rows is None else self.rows.to(index.device)[index]]
+
+    def chunks(self, size: int):
+        """The pixels in order, `size` images at a time (views, or a bounded copy each)."""
+        for start in range(0, len(self), size):
+            yield self.gather(torch.arange(start, min(start + size, len(self))))
+
     def subset(self, index: torch.Tensor) -> Split:
-        return Split(take(self.images, index), self.labels[index], [self.files[i] for i in index.tolist()])
+        """The images `index` (positions in this split): the same source, their rows of it; nothing copied."""
+        rows = index if self.rows is None else self.rows[index]
+        return Split(self.source, self.labels[index], [self.files[i] for i in index.tolist()], rows)
 
-
-def take(images: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """images[index]: a view when the index is one run of consecutive rows (a split folder of a dataset, the
-    part of a memory-mapped cache it needs: no copy), else a copy."""
-    if len(index) and int(index[-1]) - int(index[0]) + 1 == len(index) and bool((index.diff() == 1).all()):
-        return images[int(index[0]):int(index[-1]) + 1]
-    return images[index]
+    @staticmethod
+    def concat(parts: list[Split]) -> Split:
+        """The splits one after the other: rows of their common source (as the splits of one decoded dataset
+        are), or copied into a new one."""
+        labels, files = torch.cat([s.labels for s in parts]), [file for s in parts for file in s.files]
+        if all(s.source is parts[0].source for s in parts):
+            rows = [torch.arange(len(s.source)) if s.rows is None else s.rows for s in parts]
+            return Split(parts[0].source, labels, files, torch.cat(rows))
+        return Split(torch.cat([s.images for s in parts]), labels, files)
 
 
 @dataclass
@@ -214,32 +252,32 @@ def _decode_part(paths: list[str], start: int, channels: int, size: int) -> tupl
     return images, bad
 
 
-def _as_part(decoded: tuple[np.ndarray, list[list]]) -> dict:
-    images, bad = decoded
-    return {"images": torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), "bad": bad}
-
-
 def _decode_all(paths: list[str], channels: int, size: int, desc: str, cache: DecodeCache) -> dict:
     """Decodes every file; returns the images and the list of [index, error] for unreadable ones.
 
     In parts of DECODE_PART images, on every core (one process each: for small images Python's overhead
-    dominates the decode and threads contend for the GIL), each part cached as it completes, so that an
-    interrupted decode (Ctrl-C, a killed job) goes on from the parts it had; the parts are decoded exactly
-    as in one go, and the result is the same to the bit."""
+    dominates the decode and threads contend for the GIL), written into the cache's decode buffer (the raw
+    file being built: the pixels never all sit in this process's memory) and each part marked done as it
+    completes, so that an interrupted decode (Ctrl-C, a killed job) goes on from the parts it had; the
+    parts are decoded exactly as in one go, and the result is the same to the bit."""
     starts = range(0, len(paths), DECODE_PART)
-    images = torch.empty((len(paths), channels, size, size), dtype=torch.uint8)
+    images = cache.decode_buffer("images", (len(paths), channels, size, size), desc.removeprefix("decoding "))
     bad: list[list] = []
-
-    def keep(start: int, part: dict) -> None:
-        images[start:start + len(part["images"])] = part["images"]
-        bad.extend(part["bad"])
-
     several = len(starts) > 1  # one part: nothing to go on from, nothing to parallelise
+
+    def keep(index: int, start: int, decoded: tuple[np.ndarray, list[list]]) -> None:
+        part, part_bad = decoded
+        rows = images[start:start + len(part)]
+        rows.copy_(torch.from_numpy(part).permute(0, 3, 1, 2))
+        bad.extend(part_bad)
+        if several:
+            cache.mark_part_done(index, rows, part_bad)
+
     todo = []
     for index, start in enumerate(starts):
-        part = cache.load_part(index) if several else None
-        if part is not None and len(part["images"]) == len(paths[start:start + DECODE_PART]):
-            keep(start, part)
+        done = cache.part_done(index, images[start:start + DECODE_PART]) if several else None
+        if done is not None:
+            bad.extend(done)
         else:
             todo.append((index, start))
     if len(todo) < len(starts):
@@ -250,11 +288,9 @@ def _decode_all(paths: list[str], channels: int, size: int, desc: str, cache: De
                   logger=log) as progress:  # a bar, or a line every 30 s off a terminal
         if workers <= 1:
             for index, start in todo:
-                part = _as_part(_decode_part(paths[start:start + DECODE_PART], start, channels, size))
-                keep(start, part)
-                if several:
-                    cache.save_part(index, part)
-                progress.update(len(part["images"]))
+                chunk = paths[start:start + DECODE_PART]
+                keep(index, start, _decode_part(chunk, start, channels, size))
+                progress.update(len(chunk))
         else:
             # fork: the workers need only PIL and numpy, already imported; spawn would import torch again
             with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
@@ -262,10 +298,9 @@ def _decode_all(paths: list[str], channels: int, size: int, desc: str, cache: De
                            (index, start) for index, start in todo}
                 for future in as_completed(futures):
                     index, start = futures[future]
-                    part = _as_part(future.result())
-                    keep(start, part)
-                    cache.save_part(index, part)
-                    progress.update(len(part["images"]))
+                    decoded = future.result()
+                    keep(index, start, decoded)
+                    progress.update(len(decoded[0]))
     return {"images": images, "bad": sorted(bad)}
 
 
@@ -289,7 +324,6 @@ def read_folder(root: str | os.PathLike, channels: int, image_size: int, cache_d
     root = Path(root).expanduser().absolute()  # one cache entry and one file naming, whatever the cwd
     classes, entries = _scan(root)
     paths = [path for _, _, path in entries]
-    check_fits_in_host_memory(len(paths), channels, image_size, str(root))
     stats = [_file_stat(p) for p in paths]
     _check_no_file_in_two_places(entries, stats)
     prefix = str(root) + os.sep  # os.path.relpath would cost 0.6 s for FER2013's 35,887 files
@@ -320,7 +354,7 @@ def read_folder(root: str | os.PathLike, channels: int, image_size: int, cache_d
     splits = {}
     for name in dict.fromkeys(split_names):
         index = torch.tensor([i for i, s in enumerate(split_names) if s == name and keep[i]], dtype=torch.long)
-        splits[name] = Split(take(decoded["images"], index), labels[index], [paths[i] for i in index.tolist()])
+        splits[name] = Split(decoded["images"], labels, paths).subset(index)
     if len(splits.get("train", splits.get("all"))) == 0:
         raise DataError(f"dataset folder {root} has no readable training images")
     _check_every_class_readable(root, classes, splits)
