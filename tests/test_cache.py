@@ -417,3 +417,46 @@ def test_a_dataset_larger_than_memory_decodes_into_the_cache_folder(tmp_path, mo
     monkeypatch.setattr(cache_module.shutil, "disk_usage", lambda path: Full())
     with pytest.raises(DataError, match=r"needs 0.0 GiB in the cache folder .* which has 0.0 GiB free"):
         sources.read_folder(root, 1, 32, str(tmp_path / "cache"))  # another size: another entry to decode
+
+
+def test_a_checked_raw_file_is_not_read_again_until_it_changes(tmp_path, monkeypatch, caplog):
+    """A warm start maps a raw file already checked against its SHA-256 without reading it (its HMAC'd stamp
+    of inode, size and times matches); any write, or a replacement, makes the next start read it again."""
+    import time
+
+    from tests.helpers import write_dataset
+
+    monkeypatch.setattr(cache_module, "RAW_MIN_BYTES", 1024)
+    monkeypatch.setattr(cache_module, "STAMP_MIN_AGE_S", 0.0)
+    root = write_dataset(tmp_path / "faces", splits={"train": 20, "val": 5})
+    first = sources.read_folder(root, 1, 24, str(tmp_path / "cache")).splits["train"].images.clone()
+    (raw,) = (tmp_path / "cache").glob("*.images.raw")
+    hashed = []
+    real = hashlib.file_digest
+    monkeypatch.setattr(hashlib, "file_digest", lambda f, name: hashed.append(f.name) or real(f, name))
+
+    def load() -> torch.Tensor:
+        return sources.read_folder(root, 1, 24, str(tmp_path / "cache")).splits["train"].images
+
+    time.sleep(0.05)
+    assert torch.equal(load(), first) and len(hashed) == 1  # checked, and stamped
+    assert raw.with_name(raw.name + ".checked").exists()
+    assert torch.equal(load(), first) and len(hashed) == 1  # the stamp matches: not read again
+    # replaced by a copy of itself (same bytes, another inode): read again, still good
+    copy = raw.with_name("copy")
+    copy.write_bytes(raw.read_bytes())
+    os.replace(copy, raw)
+    time.sleep(0.05)
+    assert torch.equal(load(), first) and len(hashed) == 2
+    time.sleep(0.05)
+    with open(raw, "r+b") as f:  # one pixel changed in place: same inode and size
+        f.seek(100)
+        f.write(bytes([raw.read_bytes()[100] ^ 0xFF]))
+    with caplog.at_level(logging.WARNING):
+        assert torch.equal(load(), first) and len(hashed) == 3
+    assert "is not the one its entry was written with" in caplog.text
+    # a forged stamp (not made with this user's secret) is not trusted
+    time.sleep(0.05)
+    stamp = raw.with_name(raw.name + ".checked")
+    stamp.write_text("0" * 64)
+    assert torch.equal(load(), first) and len(hashed) == 4

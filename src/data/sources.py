@@ -70,9 +70,14 @@ class Split:
         return self.source[index if self.rows is None else self.rows.to(index.device)[index]]
 
     def chunks(self, size: int):
-        """The pixels in order, `size` images at a time (views, or a bounded copy each)."""
+        """The pixels in order, `size` images at a time: views of the source where the rows are consecutive,
+        else a bounded copy each."""
+        run = self.run
         for start in range(0, len(self), size):
-            yield self.gather(torch.arange(start, min(start + size, len(self))))
+            if run is not None:
+                yield self.source[run.start + start:min(run.start + start + size, run.stop)]
+            else:
+                yield self.gather(torch.arange(start, min(start + size, len(self))))
 
     def subset(self, index: torch.Tensor) -> Split:
         """The images `index` (positions in this split): the same source, their rows of it; nothing copied."""
@@ -297,10 +302,12 @@ def _decode_all(paths: list[str], channels: int, size: int, desc: str, cache: De
                 futures = {pool.submit(_decode_part, paths[start:start + DECODE_PART], start, channels, size):
                            (index, start) for index, start in todo}
                 for future in as_completed(futures):
-                    index, start = futures[future]
+                    # popped: a finished future holds its part's pixels, all of them together the dataset
+                    index, start = futures.pop(future)
                     decoded = future.result()
                     keep(index, start, decoded)
                     progress.update(len(decoded[0]))
+                    del future, decoded
     return {"images": images, "bad": sorted(bad)}
 
 
