@@ -94,6 +94,24 @@ def test_a_split_over_the_gpu_budget_streams_through_pinned_buffers_the_same_bat
     assert all(buffer.is_pinned() for buffer, _, _ in streamed._staging)
 
 
+def test_the_validation_split_is_uploaded_once_per_run(tmp_path, data_root, monkeypatch):
+    """Validation runs every epoch: its split goes to the GPU once, not from pageable host memory each epoch."""
+    from src.training.trainer import Trainer
+
+    kept = []
+    real = Trainer._eval_split
+
+    def spy(self, data, name):
+        part = real(self, data, name)
+        kept.append((name, part))
+        return part
+
+    monkeypatch.setattr(Trainer, "_eval_split", spy)
+    train(gpu_cfg(data_root, tmp_path / "cache", "trainer.max_epochs=3"), tmp_path / "run")
+    vals = [part for name, part in kept if name == "val"]
+    assert len(vals) == 3 and all(part is vals[0] for part in vals) and vals[0].source.is_cuda
+
+
 def test_torch_compile_trains(tmp_path, data_root):
     metrics = train(gpu_cfg(data_root, tmp_path / "cache", "trainer.compile=true", "trainer.max_epochs=1"),
                     tmp_path / "run")

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from ..data import DeviceLoader, ImageData
+from ..data import DeviceLoader, ImageData, Split
 from ..data.inputs import ModelInput
+from ..data.memory import device_budget_bytes
 from ..errors import ConfigError
 from ..evaluation.metrics import EPOCH_METRICS, MONITORS, lower_is_better
 from ..evaluation.predictor import Predictor
@@ -126,6 +127,7 @@ class Trainer:
             ModelEma(nn.Identity(), ema_decay)  # checks the value now, before any data is read
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
+        self._eval_data, self._eval_splits = None, {}  # see _eval_split
 
     # -- evaluation ----------------------------------------------------------------------------------
 
@@ -136,11 +138,24 @@ class Trainer:
 
     def evaluate(self, model: nn.Module, data: ImageData, inputs: ModelInput, split: str) -> dict | None:
         """Metrics of a split (val, test cut by limit_val/test_batches: DebugModes.split), or None if there is none."""
-        part = self.debug.split(data, split)
+        part = self._eval_split(data, split)
         if part is None:
             return None
         predictor = self.predictor(model, inputs, batch_size=data.eval_batch_size)
         return evaluate_split(predictor, part, data.classes, split).metrics
+
+    def _eval_split(self, data: ImageData, name: str) -> Split | None:
+        """The split `name` to evaluate, on a GPU uploaded once per run where it fits the data budget:
+        validation runs every epoch, and a copy from pageable host memory each time would stall it."""
+        if self._eval_data is not data:  # another dataset: nothing kept applies
+            self._eval_data, self._eval_splits = data, {}
+        if name not in self._eval_splits:
+            part = self.debug.split(data, name)
+            if part is not None and self.device.type == "cuda" and part.nbytes <= device_budget_bytes(
+                    self.device, data.max_device_bytes):
+                part = Split(part.images.to(self.device), part.labels, part.files)
+            self._eval_splits[name] = part
+        return self._eval_splits[name]
 
     # -- training ------------------------------------------------------------------------------------
 
