@@ -32,6 +32,7 @@ PARAMETERS = {
     "vgg19": 20_557_639,
     "googlenet": 5_979_175,
     "resnet18": 11_171_271,
+    "resnet10_cpu": 1_227_623,
     "resnet34": 21_279_431,
     "resnet50": 23_513_543,
     "resnext3": 610_759,
@@ -67,6 +68,7 @@ KEPT_FOR_OVERRIDES = {
     **dict.fromkeys(["vgg11", "vgg13", "vgg16", "vgg19"],
                     _EVERY_MODEL | {"depth", "pool_size", "classifier_width"}),  # README: model.depth, the head
     "resnet18": _RESNET | {"layers", "widths"},  # widths: experiment=fer2013_cpu; layers: tests/test_trust.py
+    "resnet10_cpu": _RESNET,
     **dict.fromkeys(["resnet34", "resnet50", "resnext3", "resnext4", "resnext5", "se_resnext3", "resnext29_32x4d",
                      "shake_shake26_2x32d"], _RESNET),
     **dict.fromkeys(["wrn16_8", "wrn28_10"], _RESNET | {"block_dropout"}),  # README: model.block_dropout
@@ -137,7 +139,7 @@ def test_forward_224(name):
     check_forward_backward(model, (1, 3, 224, 224), 5)
 
 
-@pytest.mark.parametrize("name", [n for n in MODELS if "input_size" in load(n)])
+@pytest.mark.parametrize("name", [n for n in MODELS if "input_size" in load(n) and load(n).get("stem") == "auto"])
 def test_stem_auto_follows_input_size(name):
     """stem=auto: a stride-1 first conv for small inputs, the strided ImageNet stem for large ones."""
     def first_conv(model: nn.Module) -> nn.Conv2d:
