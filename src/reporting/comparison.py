@@ -88,7 +88,9 @@ class Run:
         if (self.metrics or {}).get("world_size"):
             machine += f", {self.metrics['world_size']} processes"
         metrics = self.metrics or {}
-        return {"run": self.name, "data": str(choices.get("data") or ""), "command": info.get("command", ""),
+        # a resumed run: the commands before the one that finished it, first first
+        commands = [*(info.get("earlier_commands") or []), *([info["command"]] if info.get("command") else [])]
+        return {"run": self.name, "data": str(choices.get("data") or ""), "command": commands,
                 "machine": machine, "train_time": _duration(metrics.get("train/time_s")),
                 "run_time": _duration(metrics.get("run_time_s"))}
 
@@ -128,7 +130,8 @@ METRICS_TYPES = {
                                 "train/images_per_s")},
     **{f"{split}/{name}": _NUMBER for split in ("val", "test") for name in SCALAR_METRICS},
 }
-RUN_INFO_TYPES = {key: str | None for key in ("command", "device", "device_name")} | {"cpu_threads": int | None}
+RUN_INFO_TYPES = {key: str | None for key in ("command", "device", "device_name")} | {
+    "cpu_threads": int | None, "earlier_commands": list[str] | None}
 
 
 def _read(path: Path, parse):
@@ -425,7 +428,7 @@ def write_tables(runs: list[Run], out_dir: Path, targets: list[float] = ()) -> s
     lines = [f"{len(runs)} runs" + (f"; every run: `{' '.join(shared)}`" if shared else ""), "",
              *_markdown([c for c in columns if c != "error" or any(r["error"] for r in rows)], rows)]
     made = [run.provenance() for run in runs]
-    made = [{**row, "command": f"`{row['command']}`" if row["command"] else ""} for row in made]
+    made = [{**row, "command": ", resumed by ".join(f"`{command}`" for command in row["command"])} for row in made]
     lines += ["", "How each run was made (train time: all epochs with their validation; run time: data loading, "
               "training and the test evaluation):", "", *_markdown(list(PROVENANCE_COLUMNS), made)]
     grouped = [aggregate_row(name, members) for name, members in groups(runs)]

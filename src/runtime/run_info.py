@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import importlib.metadata
+import json
 import platform
 import shlex
 import socket
@@ -51,6 +52,21 @@ def _command() -> str:
     program = (f"python -m {'.'.join(entry.relative_to(PROJECT_ROOT).with_suffix('').parts)}"
                if entry.is_relative_to(PROJECT_ROOT) else f"python {sys.argv[0]}")
     return " ".join([program, *(shlex.quote(arg) for arg in sys.argv[1:])])
+
+
+def earlier_commands(run_info_file: Path) -> list[str]:
+    """The commands that trained a run before a process resumed it (first first): the `earlier_commands` and
+    `command` of the run_info.json beside the checkpoint it resumes from. None when there is no readable
+    record there (a checkpoint copied out of its run directory)."""
+    try:
+        previous = json.loads(run_info_file.read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(previous, dict) or not isinstance(previous.get("command"), str):
+        return []
+    earlier = previous.get("earlier_commands")
+    return [*(c for c in earlier if isinstance(c, str)), previous["command"]] if isinstance(earlier, list) \
+        else [previous["command"]]
 
 
 def collect_run_info(device: torch.device, precision: str) -> dict:

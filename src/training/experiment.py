@@ -24,7 +24,7 @@ from ..evaluation.split_evaluation import Evaluation, evaluate_split, prefixed, 
 from ..fileio import atomic_write_json
 from ..models import count_conv_layers, count_parameters, size_mb
 from ..runtime import distributed as ddp
-from ..runtime.run_info import collect_run_info
+from ..runtime.run_info import collect_run_info, earlier_commands
 from .checkpointing import FitState, RunCheckpoints, checkpoint_to_resume
 from .debugging import DevRunCheckpoints
 from .losses import make_criterion
@@ -66,8 +66,10 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None,
                     dev_run, dev_run, data.batch_size)
     main = ddp.is_main()
     if main:
-        atomic_write_json(collect_run_info(trainer.device, trainer.precision) | _world(trainer),
-                          run_dir / "run_info.json")
+        info = collect_run_info(trainer.device, trainer.precision) | _world(trainer)
+        if resume_from:  # the record of a resumed run says how all of its epochs were made
+            info["earlier_commands"] = earlier_commands(Path(resume_from).parent.parent / "run_info.json")
+        atomic_write_json(info, run_dir / "run_info.json")
 
     with ddp.main_first():  # rank 0 decodes into the cache, the others read it
         data.setup()
