@@ -2,6 +2,10 @@
 
     python -m src.report outputs/sweeps/<sweep> [outputs/runs/<run> ...] [--out DIR] [--no-plots]
                          [--time-to ACC ...] [--readme FILE --section NAME] [--keep-runs]
+    python -m src.report "new recipe=outputs/runs/a" "old recipe=outputs/runs/b" ...
+
+A path given as LABEL=PATH names its runs LABEL (with their seeds), and its runs with several seeds form
+the group LABEL: for runs that their overrides do not tell apart, such as two versions of one experiment.
 
 Writes summary.md / summary.csv (one row per run, best validation first; mean ± std over runs that
 differ only in seed or data.fold in aggregate.csv; how each run was made: data, command, machine, wall
@@ -34,7 +38,8 @@ log = logging.getLogger("src.report")
 def main(argv: list[str] | None = None) -> int:
     program = "fer-report" if Path(sys.argv[0]).name == "fer-report" else "python -m src.report"
     parser = argparse.ArgumentParser(prog=program, description=__doc__.split("\n\n")[0])
-    parser.add_argument("paths", nargs="+", help="run directories, sweep directories, or folders holding them")
+    parser.add_argument("paths", nargs="+", help="run directories, sweep directories, or folders holding them; "
+                                                 "LABEL=PATH names the runs found there LABEL")
     parser.add_argument("--out", help="where to write the report")
     parser.add_argument("--no-plots", action="store_true", help="tables only")
     parser.add_argument("--keep-runs", action="store_true",

@@ -120,9 +120,13 @@ def test_resume_true_continues_in_the_same_run_directory(tmp_path, data_root):
     cache = tmp_path / "cache"  # a constant lr: a 2-epoch run is the first 2 epochs of a 3-epoch one
     reference = train(setup(data_root, cache, "sched=constant", "trainer.max_epochs=3"), tmp_path / "A")
     train(setup(data_root, cache, "sched=constant", "trainer.max_epochs=2"), tmp_path / "B")
+    first = json.loads((tmp_path / "B" / "run_info.json").read_text())
     resumed = train(setup(data_root, cache, "sched=constant", "trainer.max_epochs=3", "resume=true"), tmp_path / "B")
     assert resumed["epochs"] == 3 and history(tmp_path / "B") == history(tmp_path / "A")
     assert without_timing(resumed)["test/acc"] == reference["test/acc"]
+    # the record says how all of its epochs were made: the command of the first process is kept
+    assert "earlier_commands" not in first
+    assert json.loads((tmp_path / "B" / "run_info.json").read_text())["earlier_commands"] == [first["command"]]
 
 
 def test_resume_true_without_a_checkpoint_is_a_clear_error(tmp_path, data_root):

@@ -184,3 +184,40 @@ def test_kept_run_records_make_the_same_report_and_grow_it(tmp_path):
     strip = [{k: v for k, v in row.items() if k != "dir"} for row in again]
     assert [r for r in strip if r["run"] != "seed=2"] == [{k: v for k, v in row.items() if k != "dir"} for row in first]
     assert len(again) == 3 and (report / "runs" / "seed2" / "metrics.json").is_file()
+
+
+def test_labelled_paths_name_and_group_runs_their_overrides_do_not_tell_apart(tmp_path):
+    """Two versions of one experiment (its YAML changed between them): the same overrides, told apart and
+    grouped by the labels given as LABEL=PATH; a path that exists with `=` in its name stays a path."""
+    for seed, acc in ((0, 0.66), (1, 0.68)):
+        make_run(tmp_path / "new" / f"seed{seed}", ["experiment=x", f"seed={seed}"], seed, acc)
+    for seed, acc in ((0, 0.62), (1, 0.64)):
+        make_run(tmp_path / "old" / f"seed{seed}", ["experiment=x", f"seed={seed}"], seed, acc)
+    swept = make_run(tmp_path / "sweep" / "model.dropout=0.2", ["experiment=x", "model.dropout=0.2"], 0, 0.5)
+    runs = collect_runs([f"new recipe={tmp_path / 'new'}", f"old recipe={tmp_path / 'old'}", swept])
+    assert {run.name: run.dir for run in runs} == {
+        "new recipe seed=0": tmp_path / "new" / "seed0", "new recipe seed=1": tmp_path / "new" / "seed1",
+        "old recipe seed=0": tmp_path / "old" / "seed0", "old recipe seed=1": tmp_path / "old" / "seed1",
+        "model.dropout=0.2": swept}
+    write_comparison(runs, tmp_path / "report", plots=False)
+    groups = {row["group"]: row for row in read_csv(tmp_path / "report" / "aggregate.csv")}
+    assert set(groups) == {"new recipe", "old recipe"}
+    assert float(groups["new recipe"]["test_acc"]) == pytest.approx(0.67)
+    assert float(groups["old recipe"]["test_acc"]) == pytest.approx(0.63)
+    # without labels the four runs are re-runs of two seeds of one experiment
+    unlabelled = collect_runs([tmp_path / "new", tmp_path / "old"])
+    write_comparison(unlabelled, tmp_path / "unlabelled", plots=False)
+    (group,) = read_csv(tmp_path / "unlabelled" / "aggregate.csv")
+    assert group["runs"] == "2" and float(group["test_acc"]) == pytest.approx(0.65)
+
+
+def test_a_resumed_run_shows_every_command_that_trained_it(tmp_path):
+    run = make_run(tmp_path / "run", ["seed=0"], 0, 0.6)
+    info = json.loads((run / "run_info.json").read_text())
+    info |= {"earlier_commands": ["python -m src.train seed=0 test=false"],
+             "command": "python -m src.train seed=0 resume=true"}
+    (run / "run_info.json").write_text(json.dumps(info))
+    markdown = write_comparison(collect_runs([run]), tmp_path / "report", plots=False)
+    columns, rows = markdown_table(markdown, "| run | data | command")
+    assert rows[0][columns.index("command")] == \
+        "`python -m src.train seed=0 test=false`, resumed by `python -m src.train seed=0 resume=true`"

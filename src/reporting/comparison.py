@@ -74,6 +74,7 @@ class Run:
     error: str = ""
     metrics: dict | None = None
     name: str = ""         # the overrides that vary between the runs of a report
+    label: str = ""        # given on the command line as LABEL=PATH
 
     def provenance(self) -> dict:
         """The data config chosen, the command, the machine and the wall times of the run."""
@@ -211,24 +212,44 @@ def _read_sweep(sweep_dir: Path) -> list[Run]:
     return [_read_run(Path(r["dir"]), r["status"], r.get("error") or "") for r in read_job_records(sweep_dir)]
 
 
+def split_label(argument: str | Path) -> tuple[str, Path]:
+    """`LABEL=PATH` -> (LABEL, PATH); a path that exists as given (sweep folders have `=` in their names)
+    or has no `=` -> ("", PATH)."""
+    text = str(argument)
+    label, _, rest = text.partition("=")
+    if Path(text).exists() or not rest or not label:
+        return "", Path(text)
+    return label, Path(rest)
+
+
+def _find_runs(path: Path) -> list[Run]:
+    if not path.exists():
+        raise UserError(f"{path} does not exist: pass run or sweep directories (outputs/runs/..., "
+                        "outputs/sweeps/...), each optionally as LABEL=PATH")
+    if (path / "jobs.jsonl").exists():
+        return _read_sweep(path)
+    if (path / "metrics.json").exists() or (path / "run_info.json").exists():
+        return [_read_run(path)]
+    if not path.is_dir():
+        return []
+    found = sorted(p.parent for p in path.rglob("*") if p.name in ("jobs.jsonl", "run_info.json"))
+    sweeps = [p for p in found if (p / "jobs.jsonl").exists()]
+    inside_sweep = [p for p in found if any(s in p.parents for s in sweeps)]
+    # A run that stopped before its first epoch (a config or data error) has nothing to report.
+    trained = [p for p in found if p in sweeps or (p / "metrics.json").exists() or (p / "checkpoints").is_dir()]
+    return [run for p in trained if p not in inside_sweep for run in _find_runs(p)]
+
+
 def collect_runs(paths: list[str | Path]) -> list[Run]:
-    """Runs and sweeps named by `paths`; a folder that is neither is searched for them."""
+    """Runs and sweeps named by `paths`; a folder that is neither is searched for them. A path given as
+    LABEL=PATH labels its runs: they are named and grouped by LABEL instead of by their overrides (runs made
+    with the same overrides at different versions of an experiment's YAML, or from other projects)."""
     runs: list[Run] = []
-    for path in map(Path, paths):
-        if not path.exists():
-            raise UserError(f"{path} does not exist: pass run or sweep directories (outputs/runs/..., "
-                            "outputs/sweeps/...)")
-        if (path / "jobs.jsonl").exists():
-            runs += _read_sweep(path)
-        elif (path / "metrics.json").exists() or (path / "run_info.json").exists():
-            runs.append(_read_run(path))
-        elif path.is_dir():
-            found = sorted(p.parent for p in path.rglob("*") if p.name in ("jobs.jsonl", "run_info.json"))
-            sweeps = [p for p in found if (p / "jobs.jsonl").exists()]
-            inside_sweep = [p for p in found if any(s in p.parents for s in sweeps)]
-            # A run that stopped before its first epoch (a config or data error) has nothing to report.
-            trained = [p for p in found if p in sweeps or (p / "metrics.json").exists() or (p / "checkpoints").is_dir()]
-            runs += collect_runs([p for p in trained if p not in inside_sweep]) if trained else []
+    for argument in paths:
+        label, path = split_label(argument)
+        for run in _find_runs(path):
+            run.label = label
+            runs.append(run)
     seen, unique = set(), []
     for run in runs:  # a run reached twice (its sweep and itself) is one row
         if run.dir.resolve() not in seen:
@@ -275,11 +296,16 @@ def common_overrides(runs: list[Run]) -> list[str]:
 
 
 def _name_runs(runs: list[Run]) -> None:
-    """Each run's name: its overrides that not every run shares. Runs with equal names (re-runs of one
-    command) get their directory's name added, with as many parent folders as tell them apart."""
+    """Each run's name: its overrides that not every run shares; a labelled run's: its label and the
+    overrides that not every run of that label shares. Runs with equal names (re-runs of one command) get
+    their directory's name added, with as many parent folders as tell them apart."""
     shared = set(common_overrides(runs))
     for run in runs:
-        run.name = " ".join(o for o in run.overrides if o not in shared) or run.dir.name
+        if run.label:
+            same_label = set(common_overrides([r for r in runs if r.label == run.label]))
+            run.name = " ".join([run.label, *(o for o in run.overrides if o not in same_label)])
+        else:
+            run.name = " ".join(o for o in run.overrides if o not in shared) or run.dir.name
     for name, count in Counter(run.name for run in runs).items():
         if count > 1:
             same = [run for run in runs if run.name == name]
@@ -320,16 +346,20 @@ def run_row(run: Run) -> dict:
 
 
 def groups(runs: list[Run]) -> list[tuple[str, list[Run]]]:
-    """Completed runs whose overrides are equal apart from seed and data.fold and that differ in seed or
-    fold (two seeds or folds at least; re-runs of one command are no group), best monitored metric first."""
+    """Completed runs whose label and overrides are equal apart from seed and data.fold and that differ in
+    seed or fold (two seeds or folds at least; re-runs of one command are no group), best monitored metric
+    first."""
     by_key: dict[tuple, list[Run]] = {}
     for run in runs:
         if run.status == "completed":
-            key = tuple(o for o in run.overrides if _key(o) not in REPEAT_KEYS)
+            key = (run.label, *(o for o in run.overrides if _key(o) not in REPEAT_KEYS))
             by_key.setdefault(key, []).append(run)
-    shared = set(common_overrides(runs))
-    named = [(" ".join(o for o in key if o not in shared) or "(all)", members)
-             for key, members in by_key.items() if len({_repeat(m) for m in members}) > 1]
+    def name(label: str, overrides: list[str]) -> str:  # as _name_runs names runs
+        hidden = set(common_overrides([r for r in runs if r.label == label]))
+        return " ".join([*([label] if label else []), *(o for o in overrides if o not in hidden)]) or "(all)"
+
+    named = [(name(label, overrides), members)
+             for (label, *overrides), members in by_key.items() if len({_repeat(m) for m in members}) > 1]
     return named  # runs are already sorted, so groups come in order of their best member
 
 
