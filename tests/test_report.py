@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from src.errors import UserError
 from src.reporting.comparison import collect_runs, write_comparison
 
 
@@ -209,6 +210,9 @@ def test_labelled_paths_name_and_group_runs_their_overrides_do_not_tell_apart(tm
     write_comparison(unlabelled, tmp_path / "unlabelled", plots=False)
     (group,) = read_csv(tmp_path / "unlabelled" / "aggregate.csv")
     assert group["runs"] == "2" and float(group["test_acc"]) == pytest.approx(0.65)
+    # a mistyped path with `=` in it: the error says how it was read
+    with pytest.raises(UserError, match=r"lenet does not exist \(.*0_model=lenet read as LABEL=PATH\)"):
+        collect_runs([tmp_path / "sweep" / "0_model=lenet"])
 
 
 def test_a_resumed_run_shows_every_command_that_trained_it(tmp_path):

@@ -51,7 +51,7 @@ class ResNet(nn.Module):
         dropout: dropout before the classifier.
         stem: "cifar" (3x3, stride 1), "imagenet" (7x7/2 + max-pool) or "auto" (by input_size).
         stem_stride: the CIFAR stem's stride; 2 halves the resolution the stages work at, about 4x less
-            compute (the CPU recipe, experiment=fer2013_cpu).
+            compute (the CPU recipes, experiment=fer2013_cpu).
         input_size: the training image size, used by stem="auto" only.
         zero_init_residual: start every residual branch's last BN (or conv) at zero.
     """

@@ -223,9 +223,6 @@ def split_label(argument: str | Path) -> tuple[str, Path]:
 
 
 def _find_runs(path: Path) -> list[Run]:
-    if not path.exists():
-        raise UserError(f"{path} does not exist: pass run or sweep directories (outputs/runs/..., "
-                        "outputs/sweeps/...), each optionally as LABEL=PATH")
     if (path / "jobs.jsonl").exists():
         return _read_sweep(path)
     if (path / "metrics.json").exists() or (path / "run_info.json").exists():
@@ -247,6 +244,10 @@ def collect_runs(paths: list[str | Path]) -> list[Run]:
     runs: list[Run] = []
     for argument in paths:
         label, path = split_label(argument)
+        if not path.exists():
+            read_as = f" ({argument} read as LABEL=PATH)" if label else ""
+            raise UserError(f"{path} does not exist{read_as}: pass run or sweep directories (outputs/runs/..., "
+                            "outputs/sweeps/...), each optionally as LABEL=PATH")
         for run in _find_runs(path):
             run.label = label
             runs.append(run)
