@@ -24,7 +24,7 @@ def make_run(path: Path, overrides: list[str], seed: int, acc: float, **metrics)
                                                     "device": "cpu"}))
     record = {"monitor": "val/acc", "best_epoch": 3, "seed": seed, "val/acc": acc, "val/macro_f1": acc / 2,
               "test/acc": acc, "test/macro_f1": acc / 2, "model/params": 61451, "model/size_mb": 0.235,
-              "model/conv_layers": 2, "train/epoch_time_s": 1.25, "train/images_per_s": 1234.5,
+              "model/conv_layers": 2, "train/epoch_time_s": 1.25, "train/images_per_s": 1234.5, "train/time_s": 3.75,
               "test/per_class": {"cat": {"precision": acc, "recall": acc, "f1": acc, "support": 4}}} | metrics
     (path / "metrics.json").write_text(json.dumps(record))
     return path
@@ -82,14 +82,15 @@ def test_each_column_of_the_tables_has_one_number_format(tmp_path):
     model has two decimals like a 0.2 MB one."""
     make_run(tmp_path / "a", ["model.dropout=0", "seed=1"], 1, 1.0, **{
         "model/size_mb": 150.25, "model/params": 61_451_000, "train/epoch_time_s": 0.5,
-        "train/images_per_s": 99.25})
+        "train/images_per_s": 99.25, "train/time_s": 12_345.6})
     make_run(tmp_path / "b", ["model.dropout=0", "seed=2"], 2, 0.25, **{
         "model/size_mb": 0.235, "train/epoch_time_s": 123.4, "train/images_per_s": 12345.6})
     make_run(tmp_path / "c", ["model.dropout=0.2", "seed=1"], 1, 0.125)
     markdown = write_comparison(collect_runs([tmp_path]), tmp_path / "report", plots=False)
     metric = r"\d\.\d{4}"
     formats = {"params": r"\d{1,3}(,\d{3})*", "size_mb": r"[\d,]+\.\d\d", "conv_layers": r"\d+",
-               "epoch_time_s": r"[\d,]+\.\d", "images_per_s": r"[\d,]+\.\d", "best_epoch": r"\d+",
+               "epoch_time_s": r"[\d,]+\.\d", "images_per_s": r"[\d,]+\.\d", "train_time_s": r"[\d,]+",
+               "best_epoch": r"\d+",
                "val_acc": metric, "val_macro_f1": metric, "test_acc": metric, "test_macro_f1": metric,
                "f1_cat": metric, "runs": r"\d+"}
     columns, rows = markdown_table(markdown, "| run | status |")

@@ -50,17 +50,18 @@ SUMMARY_COLUMNS = {f"{split}_{name}": f"{split}/{name}" for split in ("val", "te
 # column -> metrics.json key
 METRIC_COLUMNS = {"params": "model/params", "size_mb": "model/size_mb", "conv_layers": "model/conv_layers",
                   "epoch_time_s": "train/epoch_time_s", "images_per_s": "train/images_per_s",
-                  "best_epoch": "best_epoch", **SUMMARY_COLUMNS}
+                  "train_time_s": "train/time_s", "best_epoch": "best_epoch", **SUMMARY_COLUMNS}
 # How each run was made (run_info.json, metrics.json, .hydra/hydra.yaml): the second table of summary.md.
 PROVENANCE_COLUMNS = ("run", "data", "command", "machine", "train_time", "run_time")
 # What groups of runs (seeds, folds) show as mean ± std
-AGGREGATED = (*SUMMARY_COLUMNS, "epoch_time_s", "images_per_s")
+AGGREGATED = (*SUMMARY_COLUMNS, "epoch_time_s", "images_per_s", "train_time_s")
 # One number format per column of summary.md (summary.csv and aggregate.csv keep the values as they are):
 # the registry's decimals for metric columns (src/evaluation/metrics.py), counts as integers with thousands
-# separators, seconds and images per second to a tenth, megabytes to a hundredth.
+# separators, seconds per epoch and images per second to a tenth, a whole training in seconds as an integer,
+# megabytes to a hundredth.
 _INTEGER = "{:,.0f}"
 COLUMN_FORMATS = {"params": _INTEGER, "conv_layers": _INTEGER, "best_epoch": _INTEGER, "runs": _INTEGER,
-                  "size_mb": "{:,.2f}", "epoch_time_s": "{:,.1f}", "images_per_s": "{:,.1f}",
+                  "size_mb": "{:,.2f}", "epoch_time_s": "{:,.1f}", "images_per_s": "{:,.1f}", "train_time_s": _INTEGER,
                   **{column: f"{{:.{BY_NAME[key.split('/', 1)[1]].decimals}f}}"
                      for column, key in SUMMARY_COLUMNS.items()}}
 PER_CLASS_FORMAT = f"{{:.{BY_NAME['per_class'].decimals}f}}"  # the f1_<class> columns
