@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -66,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         markdown = write_comparison(runs, out, plots=not args.no_plots, targets=args.time_to)
         print(markdown)
         if args.readme:
-            command = "python -m src.report " + " ".join(sys.argv[1:] if argv is None else argv)
+            # quoted as a shell needs it (labels have spaces): the comment can be pasted to make the report again
+            command = "python -m src.report " + shlex.join(sys.argv[1:] if argv is None else argv)
             insert_into_document(Path(args.readme), args.section, markdown, out, command)
             log.info("Section %s of %s replaced", args.section, args.readme)
     except UserError as exc:
