@@ -43,6 +43,11 @@ def _is_main_process() -> bool:
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
+def clock(seconds: float) -> str:
+    """MM:SS, or H:MM:SS from an hour on: how progress lines and epoch lines write durations and ETAs."""
+    return tqdm.format_interval(max(seconds, 0))
+
+
 def _rate(per_s: float, unit: str) -> str:
     if per_s >= 1:
         return f"{per_s:.0f} {unit}/s" if per_s >= 100 else f"{per_s:.3g} {unit}/s"
@@ -94,7 +99,7 @@ class Progress:
             text += f" ({100 * self.done / self.total:.0f}%)"
         text += f", {_rate(per_s, self.unit)}"
         if per_s > 0 and self.total:
-            text += f", ETA {tqdm.format_interval(max(self.total - self.done, 0) / per_s)}"
+            text += f", ETA {clock((self.total - self.done) / per_s)}"
         if self.figures is not None:
             text += " | " + ", ".join(f"{key} {value}" for key, value in self.figures().items())
         return text

@@ -155,3 +155,19 @@ def test_log_every_s_is_checked_before_reading_the_dataset(tmp_path, value):
         cfg = compose_entry(command, [*required, f"trainer.log_every_s={value}"])
         with pytest.raises(ConfigError, match=re.escape(f"trainer.log_every_s={value}")):
             check_values(cfg, rules)
+
+
+def test_the_epoch_line_gives_the_run_time_and_what_is_left_of_the_run(caplog):
+    """A 70-epoch run on a CPU takes hours: every epoch line says how long the run has trained and, from
+    the mean epoch so far (resumed epochs included), about how long the rest will take."""
+    from src.training.trainer import Trainer
+
+    caplog.set_level(logging.INFO)
+    trainer = Trainer(device="cpu", max_epochs=10)
+    record = {"epoch": 3, "train/loss": 1.0, "train/acc": 0.5, "val/loss": 1.1, "val/acc": 0.4, "val/macro_f1": 0.3,
+              "lr": 0.005, "train/epoch_time_s": 250.0, "train/images_per_s": 20.0, "time_s": 754.0}
+    trainer._log_epoch(record, best=True)
+    trainer._log_epoch({**record, "epoch": 10, "time_s": 3725.0}, best=False)
+    first, last = messages(caplog, "src.training.trainer")
+    assert first.endswith("| 250.0 s, 20 img/s | run 12:34, about 29:19 left  *")  # 7 epochs of 754 / 3 s
+    assert last.endswith("| 250.0 s, 20 img/s | run 1:02:05")  # the last epoch: nothing left

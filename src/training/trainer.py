@@ -21,6 +21,7 @@ from ..errors import ConfigError
 from ..evaluation.metrics import EPOCH_METRICS, MONITORS, lower_is_better
 from ..evaluation.predictor import Predictor
 from ..evaluation.split_evaluation import evaluate_split
+from ..progress import clock
 from ..runtime import distributed as ddp
 from ..runtime.devices import autocast, fused_on_cuda, resolve_device, resolve_precision
 from .checkpointing import EpochProgress, FitState, Resumable, RunCheckpoints
@@ -332,4 +333,8 @@ class Trainer:
                      f"macro-F1 {record['val/macro_f1']:.4f}")
         line += (f" | lr {record['lr']:.3g} | {record['train/epoch_time_s']:.1f} s, "
                  f"{record['train/images_per_s']:.0f} img/s")
+        line += f" | run {clock(record['time_s'])}"
+        epochs_left = self.max_epochs - record["epoch"]
+        if epochs_left > 0:  # a long run says when it should end: the mean epoch so far (resumes included)
+            line += f", about {clock(epochs_left * record['time_s'] / record['epoch'])} left"
         log.info(line + ("  *" if best else ""))
