@@ -228,6 +228,18 @@ def test_a_resumed_run_shows_every_command_that_trained_it(tmp_path):
         "`python -m src.train seed=0 test=false`, resumed by `python -m src.train seed=0 resume=true`"
 
 
+def test_the_machine_column_counts_cpu_threads_in_words(tmp_path):
+    runs = []
+    for threads in (1, 2):
+        run = make_run(tmp_path / f"t{threads}", [f"seed={threads}"], threads, 0.6)
+        info = json.loads((run / "run_info.json").read_text()) | {"device_name": "AMD EPYC", "cpu_threads": threads}
+        (run / "run_info.json").write_text(json.dumps(info))
+        runs.append(run)
+    markdown = write_comparison(collect_runs(runs), tmp_path / "report", plots=False)
+    columns, rows = markdown_table(markdown, "| run | data | command")
+    assert sorted(row[columns.index("machine")] for row in rows) == ["AMD EPYC, 1 thread", "AMD EPYC, 2 threads"]
+
+
 def test_the_command_above_a_readme_section_can_be_pasted_to_make_it_again(tmp_path):
     """Labels have spaces: the generated-by comment quotes each argument as a shell reads it."""
     import shlex

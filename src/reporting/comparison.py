@@ -86,7 +86,8 @@ class Run:
         choices = ((hydra_yaml.get("hydra") or {}).get("runtime") or {}).get("choices") or {}
         machine = info.get("device_name") or info.get("device") or ""
         if info.get("device") == "cpu" and info.get("cpu_threads"):
-            machine += f", {info['cpu_threads']} threads"
+            threads = info["cpu_threads"]
+            machine += f", {threads} thread{'s'[:threads != 1]}"
         if (self.metrics or {}).get("world_size"):
             machine += f", {self.metrics['world_size']} processes"
         metrics = self.metrics or {}
