@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -237,7 +238,7 @@ def test_report_says_how_each_run_was_made(sweep_2x2):
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[1] == "folder" and cells[2].startswith("`python -m src.train -m")
-        assert "threads" in cells[3] and cells[4].endswith(" s") and cells[5].endswith(" s")
+        assert re.search(r", \d+ threads?$", cells[3]) and cells[4].endswith(" s") and cells[5].endswith(" s")
     metrics = json.loads((job_dirs(sweep_2x2)[0] / "metrics.json").read_text())
     assert 0 < metrics["train/time_s"] <= metrics["run_time_s"] and metrics["model/conv_layers"] == 2  # LeNet
 
