@@ -20,8 +20,10 @@ $(VENV)/.dev: $(VENV)/.base
 train: $(VENV)/.base  ## quickstart: LeNet on scikit-learn's digits, 30 epochs (about 45 s on a 2-core CPU)
 	$(PY) -m src.train experiment=quickstart $(ARGS)
 
+# The default suite runs in one worker process per core (pytest-xdist): its tests use one thread each.
+# The slow tests stay in one process: they start sweeps, launchers and torchrun that use every core.
 test: $(VENV)/.dev  ## the offline test suite (about 5 minutes on 2 cores)
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n auto $(ARGS)
 
 test-slow: $(VENV)/.dev  ## the slow tests the default run leaves out (sweeps, launchers, torchrun, recipes, packaging)
 	$(PY) -m pytest -q -m slow $(ARGS)

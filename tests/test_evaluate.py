@@ -59,6 +59,27 @@ def test_evaluate_reproduces_the_training_test_metrics(trained, tmp_path):
         assert (trained["runs"][0] / name).is_file(), name  # training writes the same report
 
 
+def _dark_pixels(image: np.ndarray) -> np.ndarray:
+    """(y, x) of the pixels shaded as a cell whose whole row falls in it (the darkest blue)."""
+    return np.argwhere((image == (8, 48, 107)).all(-1))
+
+
+def test_the_tensorboard_confusion_matrix_shades_each_cell_by_its_share_of_the_row():
+    from src.evaluation.figures import confusion_matrix_image
+
+    left = confusion_matrix_image([[5, 0], [5, 0]], ["a", "b"], "val/confusion_matrix")  # all predicted a
+    right = confusion_matrix_image([[0, 5], [0, 5]], ["a", "b"], "val/confusion_matrix")  # all predicted b
+    assert left.dtype == np.uint8 and left.ndim == 3 and left.shape[-1] == 3 and left.shape == right.shape
+    assert _dark_pixels(left)[:, 1].max() < _dark_pixels(right)[:, 1].min()  # columns: predicted
+    top = confusion_matrix_image([[5, 0], [0, 0]], ["a", "b"])  # true a only; b's row is empty, not an error
+    bottom = confusion_matrix_image([[0, 0], [5, 0]], ["a", "b"])
+    assert _dark_pixels(top)[:, 0].max() < _dark_pixels(bottom)[:, 0].min()  # rows: true
+    assert len(_dark_pixels(top)) == len(_dark_pixels(bottom))  # one cell each, the same text in it
+    # a hundred classes: cells too small for numbers or names, the image stays screen-sized
+    many = confusion_matrix_image(np.eye(100, dtype=int).tolist(), [f"class {i}" for i in range(100)], "t")
+    assert max(many.shape[:2]) < 700 and len(_dark_pixels(many)) == 100 * 6 * 6
+
+
 def test_report_figures_are_real_images(trained, tmp_path):
     evaluate(trained, tmp_path, f"ckpt_path={quote(trained['ckpts'][0])}", "embed=true")
     for name in ("confusion_matrix.png", "roc.png", "pr.png", "misclassified.png", "pca.png"):

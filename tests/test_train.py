@@ -108,7 +108,8 @@ def test_history_and_selection_on_val(quick_run):
     assert metrics["best_epoch"] == 1 + [float(r["val/acc"]) for r in history].index(metrics["val/acc"])
     # time_s: wall clock of training with validation at each epoch's end (src.report's time to accuracy)
     times = [float(r["time_s"]) for r in history]
-    assert 0 < times[0] < times[1] < times[2] and metrics["train/time_s"] == pytest.approx(times[-1], abs=0.05)
+    # metrics.json keeps a tenth of a second, history.csv a hundredth: the same clock reading rounded twice
+    assert 0 < times[0] < times[1] < times[2] and metrics["train/time_s"] == round(times[-1], 1)
     lrs = [float(r["lr"]) for r in history]  # each epoch's mean lr: what it trained with, never the next's start
     assert lrs[-1] > 1e-6 and max(lrs) <= 3e-3
     last = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
