@@ -131,7 +131,13 @@ def test_forward_backward_small_inputs(name, shape):
     check_forward_backward(build(name, num_classes=5, in_channels=shape[1]), shape, 5)
 
 
-@pytest.mark.parametrize("name", BY_WEIGHT)
+# At 224 px a deeper twin of a config (the same class and blocks, more of them) takes seconds and goes
+# through no code its shallower twin does not: those run with -m slow, as CI does.
+DEEPER_TWINS = ("vgg13", "vgg16", "vgg19", "resnet34", "resnext4", "resnext5")
+AT_224 = [pytest.param(n, marks=pytest.mark.slow) if n in HEAVY + DEEPER_TWINS else n for n in MODELS]
+
+
+@pytest.mark.parametrize("name", AT_224)
 def test_forward_224(name):
     """At 224 px, built as training at that size builds it (stem=auto then picks the ImageNet stem)."""
     kwargs = {"input_size": 224} if "input_size" in load(name) else {}
