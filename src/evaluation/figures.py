@@ -1,6 +1,8 @@
-"""Figures for TensorBoard and the run directory (matplotlib, no display needed)."""
+"""Figures for TensorBoard and the run directory (matplotlib, no display needed; the confusion matrix of
+every epoch an image drawn with PIL)."""
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -49,8 +51,9 @@ _BLUES = np.array([[247, 251, 255], [198, 219, 239], [106, 174, 214], [32, 112, 
 _MAX_CLASSES_WITH_TEXT = 20
 
 
+@functools.cache
 def _font(size: int):
-    """DejaVu Sans, the font of the matplotlib figures (it ships with matplotlib), for PIL."""
+    """DejaVu Sans, the font of the matplotlib figures (it ships with matplotlib), for PIL; read once."""
     from pathlib import Path
 
     import matplotlib
