@@ -86,6 +86,23 @@ def test_ctrl_c_saves_a_mid_epoch_checkpoint_that_resumes_exactly(tmp_path, data
     assert epoch_2["time_s"] > epoch_1["time_s"] + saved["progress"]["seconds"]
 
 
+def test_ctrl_c_during_the_last_validation_still_stops_the_run(tmp_path, data_root, monkeypatch):
+    """No batch is left to notice a Ctrl-C pressed while the epoch validates: the run stops after saving
+    the epoch (a sweep stops instead of starting its next job), and resuming it trains nothing more."""
+    original = trainer_module.Trainer._validate
+
+    def validate_then_ctrl_c(self, run, data, record):
+        signal.raise_signal(signal.SIGINT)  # as if the user pressed Ctrl-C while epoch 1 validated
+        return original(self, run, data, record)
+
+    monkeypatch.setattr(trainer_module.Trainer, "_validate", validate_then_ctrl_c)
+    with pytest.raises(Interrupted, match="interrupted after epoch 1;") as info:
+        train(setup(data_root, tmp_path / "cache", "trainer.max_epochs=1"), tmp_path / "B")
+    assert info.value.exit_code == 130
+    assert torch.load(tmp_path / "B" / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
+    assert not (tmp_path / "B" / "metrics.json").exists()  # not tested: the user stopped it
+
+
 # -- SIGKILL --------------------------------------------------------------------------------------------------
 
 

@@ -237,6 +237,11 @@ class Trainer:
                 self._log_epoch(record, improved and bool(val))
                 if val and self._stop_early(state):
                     break
+                # Ctrl-C after the epoch's last batch (during its validation or saving) stops here, the epoch
+                # saved: no batch is left to notice it, and a sweep would otherwise go on with its next job
+                if stop.agreed(at_check=True):
+                    raise Interrupted(f"interrupted after epoch {epoch}; {checkpoints.last} continues it "
+                                      "(ckpt_path=... with the same overrides)")
         return state
 
     def _validate(self, run: _Run, data: ImageData, record: dict) -> tuple[dict, dict | None]:
