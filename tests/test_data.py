@@ -25,7 +25,8 @@ def indexed_split(counts: list[int]) -> Split:
 
 
 def sample_ids(images: torch.Tensor) -> torch.Tensor:
-    return images.view(-1, 2).long() @ torch.tensor([256, 1])
+    # on the batch's device: the CUDA tests draw their batches on the GPU (it failed there, first H200 run)
+    return images.view(-1, 2).long() @ torch.tensor([256, 1], device=images.device)
 
 
 def epoch(loader: DeviceLoader) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
