@@ -21,7 +21,7 @@ def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     overrides = [o for o in hydra_cfg.overrides.task if not o.startswith("bench.")]
     run_or_exit(lambda: run_benchmark(cfg, hydra_cfg.runtime.output_dir, overrides,
-                                      hydra_cfg.runtime.choices.get("model")), log)
+                                      hydra_cfg.runtime.choices.get("model")), log, plugins=cfg.plugins)
     log.info("Results in %s", hydra_cfg.runtime.output_dir)
 
 

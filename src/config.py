@@ -9,9 +9,10 @@ Two kinds of config reach the runner:
   `loss.*`, `tta.*` and the keys of evaluate / predict / export) are checked by `check_values` against
   the rule tables below. All of this runs before any dataset is decoded.
 - **A config read back from a file** (a checkpoint's stored model and data config). It is data, not code:
-  `build_stored` builds only the project's own classes (looked up by class name in an allow-list, never
-  imported from the stored string), refuses any nested `_target_` or other `_underscore_` key and any value
-  that is not plain data, and applies the same type checks. Hydra's `instantiate` never sees it.
+  `build_stored` builds only registered classes (src/registry.py: the runner's own and the plugins the
+  trusted side named, looked up by full name, never imported from the stored string), refuses any nested
+  `_target_` or other `_underscore_` key and any value that is not plain data, and applies the same type
+  checks. Hydra's `instantiate` never sees it.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from . import registry
 from .errors import ConfigError, UserError
 
 # -- types ------------------------------------------------------------------------------------------------
@@ -241,21 +243,17 @@ def build(node: DictConfig, **kwargs):
         raise ConfigError(f"{key} could not be built from its settings ({detail.splitlines()[0]})") from None
 
 
-def build_stored(node: Any, classes: Mapping[str, type], key: str, source: str, **kwargs):
-    """Builds one of `classes` (class name -> class) from a config read back from `source`, a file the
-    runner may not have written. The stored `_target_` only selects a class by its name; nothing is
-    imported from it. `kwargs` (what the caller knows better than the file) win over stored values."""
+def build_stored(node: Any, group: str, source: str, **kwargs):
+    """Builds a class of the registry's `group` (src/registry.py) from a config read back from `source`, a file
+    the runner may not have written. The stored `_target_` only selects a registered class by its full name;
+    nothing is imported from it. `kwargs` (what the caller knows better than the file) win over stored values."""
     if not isinstance(node, dict):
-        raise UserError(f"{source} was refused: its stored {key} config is not a mapping")
-    _check_plain_data(node, key, source, top=True)
-    target = node.get("_target_")
-    cls = classes.get(target.rsplit(".", 1)[-1]) if isinstance(target, str) else None
-    if cls is None:
-        raise UserError(f"{source} was refused: its stored {key} config names {target!r}, which is not one of the "
-                        f"runner's own {key} classes ({', '.join(sorted(classes))})")
+        raise UserError(f"{source} was refused: its stored {group} config is not a mapping")
+    _check_plain_data(node, group, source, top=True)
+    cls = registry.lookup(group, node.get("_target_"), source)
     settings = {k: v for k, v in node.items() if k != "_target_"} | kwargs
     try:
-        check_arguments(cls, settings, key)
+        check_arguments(cls, settings, group)
         return cls(**settings)
     except ConfigError as exc:
         raise UserError(f"{source} was refused: its stored {exc}") from None
@@ -424,23 +422,24 @@ RESUME_MAY_CHANGE = ("data.root", "data.csv", "data.cache_dir", "trainer.device"
                      "trainer.log_every_s", "trainer.warmup_batches")
 
 
-def _effective(node: Any, classes: Mapping[str, type]) -> dict:
-    """A group's settings as its class sees them: the keys the config leaves out at their defaults, the
-    target as its class name, sequences as lists (a config file that stops repeating a default, or a
-    class that moves to another module, changes nothing)."""
+def _effective(node: Any, group: str) -> dict:
+    """A group's settings as its class sees them: for the registry's groups the keys the config leaves out at
+    their defaults and the target as the class's own full name (a config file that stops repeating a default,
+    or a class reached through another import path, changes nothing); sequences as lists."""
     if not isinstance(node, dict):
         return {}
     target = node.get("_target_")
-    name = target.rsplit(".", 1)[-1] if isinstance(target, str) else target
-    settings = {**(defaults(classes[name]) if name in classes else {}), **node, "_target_": name}
+    cls = registry.registered(group).get(target) if group in registry.GROUPS and isinstance(target, str) else None
+    settings = {**(defaults(cls) if cls else {}), **node}
+    if cls:
+        settings["_target_"] = registry.full_name(cls)
     return {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
 
 
-def config_differences(saved: dict, current: DictConfig, classes: Mapping[str, Mapping[str, type]]) -> list[str]:
-    """`key: saved → current` for every setting of the groups in `classes` (group -> {class name: class})
-    that a resumed run would change."""
+def config_differences(saved: dict, current: DictConfig, groups: tuple[str, ...]) -> list[str]:
+    """`key: saved → current` for every setting of `groups` (model, data, optim, ...) that a resumed run would
+    change."""
     now = OmegaConf.to_container(current, resolve=True) if isinstance(current, DictConfig) else current
-    before, after = (_flat({group: _effective(c.get(group), known) for group, known in classes.items()})
-                     for c in (saved, now))
+    before, after = (_flat({group: _effective(c.get(group), group) for group in groups}) for c in (saved, now))
     return [f"{key}: {before.get(key)} → {after.get(key)}" for key in sorted(set(before) | set(after))
             if key not in RESUME_MAY_CHANGE and before.get(key) != after.get(key)]

@@ -116,7 +116,7 @@ def launch(cfg: DictConfig, block: bool = True):
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="demo")
 def main(cfg: DictConfig) -> None:
-    run_or_exit(lambda: launch(cfg), log)
+    run_or_exit(lambda: launch(cfg), log, plugins=cfg.plugins)
 
 
 if __name__ == "__main__":

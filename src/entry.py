@@ -14,7 +14,7 @@ import re
 import secrets
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
@@ -22,6 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
+from . import registry
 from .errors import UserError
 
 T = TypeVar("T")
@@ -99,10 +100,12 @@ def discard_if_empty(output_dir: str | Path) -> None:
         shutil.rmtree(output_dir, ignore_errors=True)
 
 
-def run_or_exit(work: Callable[[], T], logger: logging.Logger, on_error: Callable[[], None] | None = None) -> T | None:
-    """Runs `work`. A UserError (bad data, config or file) is logged as its one sentence and ends the
-    process with its exit code (2, or 130 for Ctrl-C), after `on_error` (cleanup); so does Ctrl-C at any
-    moment (130), without a traceback.
+def run_or_exit(work: Callable[[], T], logger: logging.Logger, on_error: Callable[[], None] | None = None,
+                plugins: Iterable[str] | str | None = None) -> T | None:
+    """Imports the `plugins` modules (the command's `plugins` key: src/registry.py), then runs `work`. A
+    UserError (bad data, config or file) is logged as its one sentence and ends the process with its exit
+    code (2, or 130 for Ctrl-C), after `on_error` (cleanup); so does Ctrl-C at any moment (130), without a
+    traceback.
 
     In a multirun a failed job must not end the sweep: its error (a UserError's sentence, or the traceback
     of anything else, which also goes to the job's log) is kept for the sweep callback, which records the
@@ -115,6 +118,7 @@ def run_or_exit(work: Callable[[], T], logger: logging.Logger, on_error: Callabl
     if multirun:
         _keep_file_only_records_off_the_console()
     try:
+        registry.load_plugins(plugins)
         return work()
     except KeyboardInterrupt:
         logger.error("Interrupted (Ctrl-C)")

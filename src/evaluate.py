@@ -19,7 +19,7 @@ log = logging.getLogger("src.evaluate")
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
 def main(cfg: DictConfig) -> None:
     run_dir = HydraConfig.get().runtime.output_dir
-    run_or_exit(lambda: run_evaluation(cfg, run_dir), log, lambda: discard_if_empty(run_dir))
+    run_or_exit(lambda: run_evaluation(cfg, run_dir), log, lambda: discard_if_empty(run_dir), plugins=cfg.plugins)
     log.info("Results in %s", run_dir)
 
 

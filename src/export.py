@@ -23,7 +23,7 @@ def main(cfg: DictConfig) -> None:
         check_values(cfg, EXPORT_RULES)
         export_checkpoint(cfg.ckpt_path, cfg.format, cfg.output)
 
-    run_or_exit(export, log)
+    run_or_exit(export, log, plugins=cfg.plugins)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ log = logging.getLogger("src.predict")
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
 def main(cfg: DictConfig) -> None:
-    run_or_exit(lambda: predict_images(cfg), log)
+    run_or_exit(lambda: predict_images(cfg), log, plugins=cfg.plugins)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ def main(cfg: DictConfig) -> float | None:
     with gpu_for_sweep_job(cfg, hydra_cfg):
         # A run stopped by an error before it trained leaves no empty run directory (rank 0 owns it).
         cleanup = (lambda: discard_if_empty(run_dir)) if distributed.launched_rank() == 0 else None
-        metrics = run_or_exit(lambda: _train_or_skip(cfg, run_dir, hydra_cfg), log, cleanup)
+        metrics = run_or_exit(lambda: _train_or_skip(cfg, run_dir, hydra_cfg), log, cleanup, plugins=cfg.plugins)
     distributed.shutdown()
     if metrics is None:  # a failed job of a sweep (see entry.run_or_exit): the sweep goes on
         return None

@@ -380,9 +380,14 @@ def test_a_resume_mismatch_lists_every_difference_and_the_command_to_resume_with
     assert f"python -m src.train model=lenet model.dropout=0.3 seed=4 ckpt_path={ckpt}" in message
 
 
-def test_resume_ignores_defaults_written_out_and_moved_modules(tmp_path, resume_setup):
+def test_resume_ignores_defaults_written_out_and_moved_modules(tmp_path, resume_setup, monkeypatch):
     """A checkpoint whose stored config repeats class defaults (as model files did before they were
-    trimmed) or names its class by another module path resumes: the settings are the same."""
+    trimmed) or names its class by another module path the registry knows it by (src/registry.py: aliases)
+    resumes: the settings are the same. A module path the registry does not know is another class."""
+    from src import registry
+    from src.models import LeNet
+
+    monkeypatch.setitem(registry._classes["model"], "src.engine.lenet.LeNet", LeNet)  # an alias of a moved class
     train(resume_setup(), tmp_path / "B")
     ckpt = torch.load(tmp_path / "B" / "checkpoints" / "last.pt", weights_only=True)
     stored = ckpt["meta"]["config"]
@@ -391,6 +396,10 @@ def test_resume_ignores_defaults_written_out_and_moved_modules(tmp_path, resume_
     torch.save(ckpt, tmp_path / "old.pt")
     metrics = train(resume_setup("trainer.max_epochs=2", f"ckpt_path={quote(tmp_path / 'old.pt')}"), tmp_path / "C")
     assert metrics["epochs"] == 2
+    stored["model"]["_target_"] = "usernet.LeNet"  # a class of the same name in another module: not the same
+    torch.save(ckpt, tmp_path / "other.pt")
+    with pytest.raises(UserError, match=r"model._target_: usernet.LeNet → src.models.lenet.LeNet"):
+        train(resume_setup("trainer.max_epochs=2", f"ckpt_path={quote(tmp_path / 'other.pt')}"), tmp_path / "D")
 
 
 def write_bad_checkpoint(path: Path, kind: str) -> None:

@@ -179,7 +179,7 @@ def test_a_checkpoint_data_config_that_would_call_code_is_refused(trained, tmp_p
 def test_a_checkpoint_naming_a_dataset_class_of_another_package_is_refused(trained, tmp_path):
     ckpt = crafted(trained, tmp_path / "shared.pt",
                    lambda c: _set(c, "meta.config.data._target_", "torchvision.datasets.ImageFolder"))
-    with pytest.raises(UserError, match="names 'torchvision.datasets.ImageFolder', which is not one of the runner's"):
+    with pytest.raises(UserError, match="'torchvision.datasets.ImageFolder', which is not a registered data class"):
         run_or_exit_free_evaluate(trained, ckpt, tmp_path)
 
 

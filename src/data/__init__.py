@@ -1,11 +1,14 @@
 """Datasets, the decode-once cache, honest splits, device-resident batches and batched augmentation."""
+from ..registry import register
 from .augment import Augment
-from .datamodule import Cifar100Data, DigitsData, Fer2013Data, FolderData, ImageData
+from .datamodule import Cifar100Data, DigitsData, Fer2013Data, FolderData, ImageData, ImageListData
 from .loader import DeviceLoader
 from .sources import RawData, Split
 
-# The classes a data config may name: what a checkpoint's stored config is allowed to build (by class name).
-DATASET_CLASSES = {cls.__name__: cls for cls in (FolderData, Fer2013Data, DigitsData, Cifar100Data)}
+# The runner's own dataset classes: what a checkpoint's stored data config may name (src/registry.py). The data
+# configs name them by this package's re-export (src.data.FolderData), checkpoints store that name.
+for _cls in (FolderData, Fer2013Data, DigitsData, Cifar100Data):
+    register("data", _cls, aliases=[f"{__name__}.{_cls.__name__}"])
 
-__all__ = ["DATASET_CLASSES", "Augment", "Cifar100Data", "DeviceLoader", "DigitsData", "Fer2013Data", "FolderData",
-           "ImageData", "RawData", "Split"]
+__all__ = ["Augment", "Cifar100Data", "DeviceLoader", "DigitsData", "Fer2013Data", "FolderData",
+           "ImageData", "ImageListData", "RawData", "Split"]

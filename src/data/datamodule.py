@@ -20,11 +20,22 @@ from pathlib import Path
 
 import torch
 
+from .. import registry
 from ..config import check_value
 from ..errors import ConfigError, DataError
 from .loader import DeviceLoader
 from .memory import device_budget_bytes
-from .sources import CIFAR100_LABELS, RawData, Split, read_cifar100, read_digits, read_fer2013_csv, read_folder
+from .sources import (
+    CIFAR100_LABELS,
+    SPLITS,
+    RawData,
+    Split,
+    read_cifar100,
+    read_digits,
+    read_fer2013_csv,
+    read_folder,
+    read_listed,
+)
 from .splits import assign_folds, group_holdout, limit_per_class, stratified_holdout
 
 log = logging.getLogger(__name__)
@@ -249,8 +260,13 @@ def _check_per_class_limit(limits: Mapping | None) -> dict:
     return checked
 
 
-class FolderData(ImageData):
-    """root/{train,val,test}/<class>/<image> (val and test optional) or root/<class>/<image>."""
+class ImageListData(ImageData):
+    """Base of a dataset reader that lists image files with their labels (RAF-DB's label list, AffectNet's
+    CSV, a manifest of your own): a subclass implements `list_images()`, and the runner decodes the files in
+    parallel through the decode-once cache, then splits, k-folds and groups them like any dataset. Paths are
+    absolute or relative to `root`; split names are train, val, test, or all when the dataset ships no
+    splits (val and test are then drawn from it). A reader of images that are not files overrides `read()`
+    instead and returns a RawData of uint8 tensors (docs/plugins.md)."""
 
     def __init__(self, root: str, on_bad_image: str = "error", **kwargs):
         super().__init__(**kwargs)
@@ -259,6 +275,38 @@ class FolderData(ImageData):
         if root is None or str(root) in ("", "???"):
             raise ConfigError("data.root is not set: pass data.root=PATH to your dataset folder")
         self.root, self.on_bad_image = root, on_bad_image
+
+    def list_images(self) -> tuple[list[str], list[tuple[str, str, str]]]:
+        """(class names in label order, [(split, class name, image path), ...])."""
+        raise NotImplementedError(f"{type(self).__qualname__} must implement list_images() (or read())")
+
+    def read(self) -> RawData:
+        root = Path(self.root).expanduser().absolute()  # one cache entry and one file naming, whatever the cwd
+        classes, listed = self.list_images()
+        what = f"{type(self).__qualname__}.list_images()"
+        if not classes or len(set(classes)) != len(classes):
+            raise DataError(f"{what} gave the classes {classes}: they must be distinct names, at least one")
+        index = {name: i for i, name in enumerate(classes)}
+        entries = []
+        for split, name, path in listed:
+            if split not in (*SPLITS, "all"):
+                raise DataError(f"{what} put {path} in the split {split!r}: use train, val, test or all")
+            if name not in index:
+                raise DataError(f"{what} labelled {path} {name!r}, which is not one of its classes "
+                                f"({', '.join(classes)})")
+            entries.append((split, index[name], str(path if Path(path).is_absolute() else root / path)))
+        splits = {split for split, _, _ in entries}
+        if not ({"train", "all"} & splits) or {"train", "all"} <= splits:
+            raise DataError(f"{what} gave the splits {sorted(splits)}: it needs train (with val and test optional) "
+                            "or all")
+        kind = registry.full_name(type(self))
+        return read_listed(kind, root, classes, entries, self.channels, self.image_size, self.cache_dir,
+                           self.on_bad_image)
+
+
+class FolderData(ImageListData):
+    """root/{train,val,test}/<class>/<image> (val and test optional) or root/<class>/<image>: the folders are
+    the list (sources.read_folder scans them)."""
 
     def read(self) -> RawData:
         return read_folder(self.root, self.channels, self.image_size, self.cache_dir, self.on_bad_image)

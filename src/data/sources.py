@@ -188,7 +188,7 @@ def _report_not_regular(paths: list[str]) -> None:
                     "first: %s", len(paths), paths[0])
 
 
-def _scan(root: Path) -> tuple[list[str], list[tuple[str, int, str]]]:
+def scan_folder(root: Path) -> tuple[list[str], list[tuple[str, int, str]]]:
     """Finds class names and every (split, class index, path); checks the layout."""
     if not root.is_dir():
         raise DataError(f"dataset folder {root} does not exist; set data.root=PATH to the dataset folder")
@@ -329,7 +329,15 @@ def read_folder(root: str | os.PathLike, channels: int, image_size: int, cache_d
                 on_bad_image: str = "error") -> RawData:
     """Reads an ImageFolder-style dataset (with or without train/val/test split folders)."""
     root = Path(root).expanduser().absolute()  # one cache entry and one file naming, whatever the cwd
-    classes, entries = _scan(root)
+    classes, entries = scan_folder(root)
+    return read_listed("folder", root, classes, entries, channels, image_size, cache_dir, on_bad_image)
+
+
+def read_listed(kind: str, root: Path, classes: list[str], entries: list[tuple[str, int, str]], channels: int,
+                image_size: int, cache_dir: str | None, on_bad_image: str = "error") -> RawData:
+    """Decodes the image files `entries` lists ((split, class index, absolute path), as a folder scan or a
+    reader's index gives them: data.datamodule.ImageListData) through the decode cache, whose entry is named
+    by `kind` and root and keyed by every file's split, class, name, size and modification time."""
     paths = [path for _, _, path in entries]
     stats = [_file_stat(p) for p in paths]
     _check_no_file_in_two_places(entries, stats)
@@ -338,7 +346,7 @@ def read_folder(root: str | os.PathLike, channels: int, image_size: int, cache_d
     def relative(path: str) -> str:
         return path[len(prefix):] if path.startswith(prefix) else os.path.relpath(path, root)
 
-    key = cache_key("folder", str(root.resolve()), channels, image_size,
+    key = cache_key(kind, str(root.resolve()), channels, image_size,
                     [[s, c, relative(p), *((st.st_size, st.st_mtime_ns) if st else (-1, -1))]
                      for (s, c, p), st in zip(entries, stats)])
     cache = DecodeCache(cache_dir, str(root), key)

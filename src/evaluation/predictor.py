@@ -17,11 +17,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .. import registry
 from ..checkpoints import load_checkpoint
 from ..config import build_stored
 from ..data.inputs import TTA_MODES, ModelInput
 from ..errors import ConfigError, UserError
-from ..models import MODEL_CLASSES
 from ..progress import DEFAULT_EVERY_S, Progress
 from ..runtime.devices import autocast, resolve_device, resolve_precision
 
@@ -67,9 +67,17 @@ class Predictor:
                 out.append(F.log_softmax(mean, dim=1))
         return torch.cat(out).cpu()
 
+    def check_has_features(self) -> None:
+        """forward_features is optional for a user's model (docs/plugins.md): only the features need it."""
+        if not callable(getattr(self.model, "forward_features", None)):
+            raise UserError(f"embed=true needs the model's penultimate-layer features, and "
+                            f"{registry.full_name(type(self.model))} has no forward_features(x) method: add one that "
+                            "returns the (N, F) features its head classifies (docs/plugins.md)")
+
     @torch.inference_mode()
     def features(self, images: torch.Tensor, description: str = "features") -> torch.Tensor:
         """(N, F) penultimate-layer features (the model's forward_features), without TTA."""
+        self.check_has_features()
         self.model.eval()
         out = []
         with self._progress(images, description) as progress:
@@ -102,7 +110,7 @@ def load_model(ckpt_path: str | Path, device: torch.device | str = "cpu") -> tup
     (config, data: classes, channels, image_size, mean, std; input_size: the training crop or None).
 
     The stored model config is data from a file that anyone may have written: only the runner's own
-    model classes are built from it (config.build_stored), first on the meta device, where the shapes of
+    registered model classes are built from it (config.build_stored), first on the meta device, where the shapes of
     its parameters must equal the checkpoint's tensors before any memory is allocated for them."""
     ckpt = load_checkpoint(ckpt_path, map_location="cpu")
     meta = ckpt["meta"]
@@ -117,7 +125,7 @@ def load_model(ckpt_path: str | Path, device: torch.device | str = "cpu") -> tup
         known = {"num_classes": len(data["classes"]), "in_channels": data["channels"]}
         if "pretrained" in stored:
             known["pretrained"] = False  # the weights come from the checkpoint: no download
-        return build_stored(stored, MODEL_CLASSES, "model", f"checkpoint {ckpt_path}", **known)
+        return build_stored(stored, "model", f"checkpoint {ckpt_path}", **known)
 
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in rebuild().state_dict().items()}

@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import EVAL_RULES, build_stored, check_values
-from ..data import DATASET_CLASSES, Split
+from ..data import Split
 from ..errors import UserError
 from ..fileio import atomic_write_json
 from ..runtime.distributed import map_shards
@@ -99,11 +99,13 @@ def run_evaluation(cfg: DictConfig, run_dir: str | Path) -> dict:
     run_dir = Path(run_dir)
     paths = checkpoint_paths(cfg.ckpt_path)
     predictors, shared = load_predictors(paths, cfg.trainer, cfg.tta)
-    # The training run's data config, read from the checkpoint: built only as one of the runner's own
-    # dataset classes (config.build_stored), with data.root / data.csv from the command line on top.
+    if cfg.embed:
+        predictors[0].check_has_features()  # before the evaluation, not after it
+    # The training run's data config, read from the checkpoint: built only as a registered
+    # dataset class (config.build_stored), with data.root / data.csv from the command line on top.
     overrides = {key: value for key, value in OmegaConf.to_container(cfg.data, resolve=True).items()
                  if key != "split" and value is not None}
-    data = build_stored(shared["config"]["data"], DATASET_CLASSES, "data", f"checkpoint {paths[0]}",
+    data = build_stored(shared["config"]["data"], "data", f"checkpoint {paths[0]}",
                         **overrides, cache_dir=cfg.paths.cache_dir).setup()
     classes, split_name = shared["classes"], cfg.data.split
     if data.classes != classes:

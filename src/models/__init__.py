@@ -14,6 +14,7 @@ Each `conf/model/NAME.yaml` instantiates standalone:
 """
 import torch.nn as nn
 
+from ..registry import register
 from .alexnet import AlexNet
 from .googlenet import GoogLeNet
 from .lenet import LeNet
@@ -22,8 +23,10 @@ from .timm_models import TimmNet
 from .torchvision_models import TorchvisionNet
 from .vgg import VGG
 
-# The classes a model config may name: what a checkpoint's stored config is allowed to build (by class name).
-MODEL_CLASSES = {cls.__name__: cls for cls in (AlexNet, GoogLeNet, LeNet, ResNet, TimmNet, TorchvisionNet, VGG)}
+# The runner's own model classes: what a checkpoint's stored model config may name (src/registry.py), by the
+# full names the model configs use.
+for _cls in (AlexNet, GoogLeNet, LeNet, ResNet, TimmNet, TorchvisionNet, VGG):
+    register("model", _cls)
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -41,5 +44,5 @@ def size_mb(model: nn.Module) -> float:
     return sum(t.numel() * t.element_size() for t in tensors) / 2**20
 
 
-__all__ = ["MODEL_CLASSES", "VGG", "AlexNet", "GoogLeNet", "LeNet", "ResNet", "TimmNet", "TorchvisionNet",
+__all__ = ["VGG", "AlexNet", "GoogLeNet", "LeNet", "ResNet", "TimmNet", "TorchvisionNet",
            "count_conv_layers", "count_parameters", "size_mb"]

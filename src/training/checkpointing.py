@@ -24,11 +24,9 @@ from omegaconf import DictConfig
 
 from ..checkpoints import load_checkpoint, save_checkpoint
 from ..config import check_arguments, config_differences
-from ..data import DATASET_CLASSES
 from ..data.inputs import ModelInput
 from ..errors import ConfigError, UserError
 from ..fileio import read_text
-from ..models import MODEL_CLASSES
 from ..runtime import distributed as ddp
 from .ema import ModelEma
 
@@ -258,8 +256,7 @@ def checkpoint_to_resume(cfg: DictConfig, run_dir: Path) -> str | None:
                             "(hydra.run.dir=outputs/runs/<run>) or pass ckpt_path=")
     if not path:
         return None
-    groups = {"model": MODEL_CLASSES, "data": DATASET_CLASSES}
-    differences = config_differences(load_checkpoint(path)["meta"].get("config") or {}, cfg, groups)
+    differences = config_differences(load_checkpoint(path)["meta"].get("config") or {}, cfg, ("model", "data"))
     if differences:
         command = _command_that_wrote(Path(path))
         how = (f"resume with the overrides of the run that wrote it: {command} ckpt_path={path}" if command
@@ -276,10 +273,8 @@ def previous_attempt(cfg: DictConfig, run_dir: Path) -> dict | None:
     last, metrics = run_dir / "checkpoints" / "last.pt", run_dir / "metrics.json"
     if not last.is_file():
         return None
-    groups = {"model": MODEL_CLASSES, "data": DATASET_CLASSES, "optim": {}, "sched": {}, "aug": {}, "loss": {},
-              "trainer": {}, "tta": {}}
     saved = load_checkpoint(last)["meta"].get("config") or {}
-    differences = config_differences(saved, cfg, groups)
+    differences = config_differences(saved, cfg, ("model", "data", "optim", "sched", "aug", "loss", "trainer", "tta"))
     if saved.get("seed") != cfg.seed:
         differences.append(f"seed: {saved.get('seed')} → {cfg.seed}")
     if differences:
