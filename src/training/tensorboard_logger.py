@@ -1,4 +1,5 @@
-"""The `logger=` config group: TensorBoard (scalars, confusion matrices, HParams) or nothing."""
+"""logger=tensorboard: scalars, confusion matrices and HParams in TensorBoard; flat_hparams, the hyper-parameters
+every logger gets. The interface and the other backends are in loggers.py."""
 from __future__ import annotations
 
 import os
@@ -7,13 +8,15 @@ import re
 from omegaconf import DictConfig, OmegaConf
 
 from ..evaluation.figures import confusion_matrix_image
+from .loggers import Logger, NullLogger  # noqa: F401 - NullLogger's earlier path: older run records name it
 
 
-class TensorBoardLogger:
+class TensorBoardLogger(Logger):
     """Writes event files into the run directory, so `tensorboard --logdir outputs` finds every run."""
 
     def __init__(self, log_dir: str | os.PathLike, flush_secs: int = 30):
-        self.log_dir, self.flush_secs = str(log_dir), flush_secs
+        super().__init__(str(log_dir))
+        self.flush_secs = flush_secs
         self._writer = None
 
     @property
@@ -93,8 +96,10 @@ def flat_hparams(cfg: DictConfig, choices: dict | None, overrides: list[str] | N
     (EXPERIMENT_KEYS). Left out: BOOKKEEPING_KEYS always; keys that are null (unset) or without effect
     (data.fold without data.folds), unless given on the command line. TensorBoard sorts the columns itself:
     those whose values differ across the runs shown first, and shows the first five."""
+    # a group's name is before any `/` (hydra/launcher) or `@` (an option at another package:
+    # +logger@logger.loggers.mlflow=mlflow is the logger group)
     choices = {group: str(option) for group, option in (choices or {}).items()
-               if option is not None and group.split("/")[0] not in SKIPPED_GROUPS}
+               if option is not None and re.split(r"[/@]", group)[0] not in SKIPPED_GROUPS}
     settings: dict = {}
 
     def walk(node, prefix: str) -> None:
@@ -111,7 +116,7 @@ def flat_hparams(cfg: DictConfig, choices: dict | None, overrides: list[str] | N
     given: dict = {}  # command-line keys, in command-line order
     for override in overrides or []:
         key = override.split("=", 1)[0].lstrip("+~")
-        if re.split(r"[./]", key)[0] in SKIPPED_GROUPS or _among(key, BOOKKEEPING_KEYS):
+        if re.split(r"[./@]", key)[0] in SKIPPED_GROUPS or _among(key, BOOKKEEPING_KEYS):
             continue
         if key in choices:
             given[f"choice/{key}"] = choices[key]
@@ -131,22 +136,3 @@ def _scalar(value):
     if value is None or isinstance(value, bool):
         return {None: "null", True: "true", False: "false"}[value]
     return value if isinstance(value, int | float | str) else str(value)
-
-
-class NullLogger:
-    """logger=none: log nothing (metrics.json and checkpoints are still written)."""
-
-    def __init__(self, log_dir: str | os.PathLike | None = None):
-        pass
-
-    def log_scalars(self, metrics: dict[str, float], step: int) -> None:
-        pass
-
-    def log_confusion_matrix(self, tag: str, matrix: list[list[int]], classes: list[str], step: int) -> None:
-        pass
-
-    def log_hparams(self, hparams: dict) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
