@@ -366,3 +366,33 @@ def test_a_user_model_and_reader_go_through_every_command(tmp_path):
     finally:
         os.killpg(demo.pid, signal.SIGTERM)
         demo.wait(30)
+
+
+def test_the_bench_measures_a_user_model_in_the_runner_and_the_reference_loop(tmp_path):
+    """src.bench with a `--config-dir` model of a plugin module: the runner, its bare loop and the reference loop
+    (a subprocess, given the composed model config and this import path) all build the user's class."""
+    user = write_user_code(tmp_path, splits={"train": 24, "val": 4, "test": 4})
+    run_dir = tmp_path / "bench"
+    result = run_cli("bench", user, "--config-dir", str(user["conf"]), "model=tiny", "data=manifest",
+                     "plugins=[usernet]", *fast(tmp_path), "bench.batches=2", "bench.warmup=1", "bench.startup=false",
+                     "bench.decode=false", "bench.eval=false", "bench.augment=false", "bench.reference_modes=[bare]",
+                     f"hydra.run.dir={quote(run_dir)}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    bench = json.loads((run_dir / "bench.json").read_text())
+    assert bench["model"] == "tiny" and bench["runner_images_per_s"] > 0
+    assert bench["reference_bare_images_per_s"] > 0, result.stdout[-3000:] + result.stderr[-3000:]
+
+
+def test_fer_models_lists_config_dir_models_and_the_registered_user_classes(tmp_path):
+    user = write_user_code(tmp_path)
+    listed = run_cli("models", user, "--config-dir", str(user["conf"]), "--plugins", "usernet", "tiny", "lenet")
+    assert listed.returncode == 0, listed.stderr[-3000:]
+    parameters = 8 * 9 + 8 + 8 * 16 * 7 + 7  # conv 3x3 1->8 with bias, linear 128->7 with bias (the table's 7 classes)
+    assert f"| `tiny` | {parameters:,} |" in listed.stdout, listed.stdout
+    rows = {line.split("|")[1].strip(): line for line in listed.stdout.splitlines() if line.startswith("| `usernet.")}
+    assert set(rows) == {"`usernet.TinyNet`", "`usernet.LeNet`"}, listed.stdout
+    assert "`tiny`" in rows["`usernet.TinyNet`"] and "`own_lenet`" in rows["`usernet.LeNet`"]
+    assert str(user["code"] / "usernet.py") in rows["`usernet.TinyNet`"]
+
+    unknown = run_cli("models", user, "--config-dir", str(user["conf"]), "tinyy")
+    assert unknown.returncode == 2 and "no model config named tinyy" in unknown.stderr, unknown.stderr[-2000:]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import resource
 import subprocess
@@ -103,13 +104,20 @@ def bare_images_per_s(cfg: DictConfig, data, trainer, batches: int, warmup: int)
     return _timed_images_per_s(step, batches, warmup, bs, device)
 
 
-def reference_images_per_s(script: Path, mode: str, root: Path, model_yaml: Path, data, batches: int,
+def reference_images_per_s(script: Path, mode: str, root: Path, model_cfg: DictConfig, data, batches: int,
                            warmup: int) -> float | None:
-    """The reference loop (bench.reference) in a subprocess; None when it fails."""
-    command = [sys.executable, str(script), "--root", str(root / "train"), "--mode", mode, "--model-yaml",
-               str(model_yaml), "--channels", str(data.channels), "--size", str(data.image_size), "--batch-size",
-               str(data.batch_size), "--limit-batches", str(warmup + batches), "--warmup-batches", str(warmup)]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=PROJECT_ROOT)
+    """The reference loop (bench.reference) in a subprocess, on the composed model config (a conf/model file,
+    a `--config-dir` one or a plugin's class: the subprocess sees this process's import path); None when it
+    fails."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model_yaml = Path(tmp) / "model.yaml"
+        model_yaml.write_text(OmegaConf.to_yaml(model_cfg, resolve=True))
+        command = [sys.executable, str(script), "--root", str(root / "train"), "--mode", mode, "--model-yaml",
+                   str(model_yaml), "--channels", str(data.channels), "--size", str(data.image_size),
+                   "--batch-size", str(data.batch_size), "--limit-batches", str(warmup + batches),
+                   "--warmup-batches", str(warmup)]
+        env = os.environ | {"PYTHONPATH": os.pathsep.join(path for path in sys.path if path)}
+        result = subprocess.run(command, capture_output=True, text=True, cwd=PROJECT_ROOT, env=env)
     if result.returncode != 0:
         log.warning("reference loop --mode %s failed: %s", mode, result.stderr.strip().splitlines()[-1:])
         return None
@@ -179,14 +187,12 @@ def run_benchmark(cfg: DictConfig, run_dir: str | Path, overrides: list[str], mo
                "runner_epoch_s": result["train_images"] / ips}
     result["bare_same_precision_images_per_s"] = bare_images_per_s(cfg, data, trainer, b.batches, b.warmup)
     script = PROJECT_ROOT / Path(b.reference).expanduser() if b.reference else None  # relative: to the repository
-    model_yaml = PROJECT_ROOT / "conf" / "model" / f"{model_name}.yaml"
-    if script and script.is_file() and folder and model_yaml.is_file():
+    if script and script.is_file() and folder:
         for mode in b.reference_modes:
-            result[f"reference_{mode}_images_per_s"] = reference_images_per_s(script, mode, root, model_yaml, data,
+            result[f"reference_{mode}_images_per_s"] = reference_images_per_s(script, mode, root, cfg.model, data,
                                                                               b.batches, b.warmup)
     elif b.reference:
-        log.warning("reference loop skipped: needs %s, a folder dataset with train/ and conf/model/%s.yaml",
-                    script, model_name)
+        log.warning("reference loop skipped: needs %s and a folder dataset with train/", script)
     if b.startup:
         result["startup"] = startup_seconds(overrides)
     if b.eval:
