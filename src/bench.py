@@ -11,7 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from .entry import CONFIG_DIR, run_or_exit
-from .runtime.benchmark import run_benchmark
+from .training.benchmark import run_benchmark
 
 log = logging.getLogger("src.bench")
 

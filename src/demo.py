@@ -14,7 +14,7 @@ import os
 import hydra
 from omegaconf import DictConfig
 
-from .config import DEMO_RULES, check_values
+from .command_rules import DEMO_RULES, check_values
 from .entry import CONFIG_DIR, run_or_exit
 from .errors import UserError
 
@@ -60,7 +60,7 @@ def build_demo(classifier, faces: bool = True):
     import gradio as gr
 
     from .data.images import image_to_array
-    from .evaluation.faces import Face, annotate
+    from .inference.faces import Face, annotate
 
     def predict(image):
         if image is None:
@@ -98,7 +98,7 @@ def launch(cfg: DictConfig, block: bool = True):
         import gradio  # noqa: F401 - checked before the checkpoint and the detector are loaded
     except ImportError:
         raise UserError(f"the demo page needs Gradio, which is not installed: {INSTALL_HINT}") from None
-    from .evaluation.image_prediction import FaceClassifier
+    from .inference.face_classifier import FaceClassifier
 
     classifier = FaceClassifier(cfg)
     demo = build_demo(classifier, cfg.faces)

@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 
 from . import registry
 from .errors import UserError
+from .runtime.sweep_jobs import record_job_error
 
 T = TypeVar("T")
 
@@ -135,8 +136,7 @@ def run_or_exit(work: Callable[[], T], logger: logging.Logger, on_error: Callabl
             raise  # a bug, not the user's mistake: Python's traceback is what helps
         logger.exception("The job crashed")
         error = exc
-    global _job_error
-    _job_error = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    record_job_error(error)
     return None
 
 
@@ -151,13 +151,3 @@ def _keep_file_only_records_off_the_console() -> None:
         if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
             if _not_file_only not in handler.filters:
                 handler.addFilter(_not_file_only)
-
-
-_job_error: str | None = None  # the failure of the multirun job this process ran last, for the sweep callback
-
-
-def take_job_error() -> str | None:
-    """The error of the job that just ended in this process (see run_or_exit), once."""
-    global _job_error
-    error, _job_error = _job_error, None
-    return error

@@ -10,9 +10,9 @@ import logging
 import hydra
 from omegaconf import DictConfig
 
-from .config import EXPORT_RULES, check_values
+from .command_rules import EXPORT_RULES, check_values
 from .entry import CONFIG_DIR, run_or_exit
-from .evaluation.model_export import export_checkpoint
+from .inference.model_export import export_checkpoint
 
 log = logging.getLogger("src.export")
 

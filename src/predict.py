@@ -11,7 +11,7 @@ import hydra
 from omegaconf import DictConfig
 
 from .entry import CONFIG_DIR, run_or_exit
-from .evaluation.image_prediction import predict_images
+from .inference.image_prediction import predict_images
 
 log = logging.getLogger("src.predict")
 

@@ -27,6 +27,8 @@ from tqdm import tqdm
 log = logging.getLogger(__name__)
 
 DEFAULT_EVERY_S = 30.0  # seconds between progress lines where there is no bar (trainer.log_every_s)
+# trainer.log_every_s: (check, what it must be), for the rule tables and the Trainer alike.
+LOG_EVERY_S_RULE = (lambda v: v >= 0, ">= 0 seconds (0: no progress lines)")
 DELAY_S = 2.0  # a bar appears only once its phase has taken this long
 FIGURES_EVERY_S = 1.0  # the bar's extra figures are read at most this often
 

@@ -29,7 +29,12 @@ from .errors import ConfigError, UserError
 GROUPS = ("model", "data", "logger")
 ENTRY_POINT_GROUP = "fer_runner.plugins"
 
+# The packages that register the runner's own classes when imported. Named, not imported here: the registry
+# is below them in the layers (src/data imports it to register), so it imports them by name on first use.
+RUNNER_PACKAGES = (f"{__package__}.models", f"{__package__}.data")
+
 _classes: dict[str, dict[str, type]] = {group: {} for group in GROUPS}  # group -> full name -> class
+_bases: dict[str, type] = {}  # group -> the class its members derive from, declared by the package owning it
 _loaded_modules: set[str] = set()
 _entry_points_loaded = False
 
@@ -52,12 +57,22 @@ def register(group: str, cls: type | None = None, *, aliases: Iterable[str] = ()
     return add if cls is None else add(cls)
 
 
+def declare_base(group: str, base: type) -> None:
+    """`base` is the class every member of `group` derives from (src/data declares ImageData): a plugin
+    module's subclasses of it are registered in `group`."""
+    _bases[group] = base
+
+
 def registered(group: str) -> dict[str, type]:
     """{full name: class} of `group`: the runner's own, the entry points' plugins and what was registered."""
-    from . import data, models  # noqa: F401 - importing them registers the runner's own classes
-
+    _import_runner_packages()
     load_entry_points()
     return dict(_classes[group])
+
+
+def _import_runner_packages() -> None:
+    for name in RUNNER_PACKAGES:
+        importlib.import_module(name)
 
 
 def _group_of(cls: type) -> str | None:
@@ -66,9 +81,7 @@ def _group_of(cls: type) -> str | None:
     for everything else (blocks are Modules too, and harmless to register: they are built only if named)."""
     import torch.nn as nn
 
-    from .data.datamodule import ImageData
-
-    if issubclass(cls, ImageData):
+    if "data" in _bases and issubclass(cls, _bases["data"]):
         return "data"
     if issubclass(cls, nn.Module):
         return "model"
@@ -92,6 +105,7 @@ def _register_module(module) -> int:
 def load_plugins(modules: Iterable[str] | str | None) -> None:
     """Imports the plugin modules the trusted side named (the `plugins` key: a list of module names, or one)
     and registers their classes. Called by every command (src/entry.py, run_or_exit) before anything is built."""
+    _import_runner_packages()  # first: the bases a plugin's classes are sorted by
     load_entry_points()
     for name in [modules] if isinstance(modules, str) else modules or ():
         if not isinstance(name, str) or not name.strip():

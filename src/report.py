@@ -31,7 +31,10 @@ import time
 from pathlib import Path
 
 from .errors import UserError
-from .reporting.comparison import collect_runs, insert_into_document, keep_run_records, write_comparison
+from .reporting.comparison import write_comparison
+from .reporting.documents import insert_into_document
+from .reporting.run_names import collect_runs
+from .reporting.run_records import keep_run_records
 
 log = logging.getLogger("src.report")
 

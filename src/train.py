@@ -17,8 +17,8 @@ from omegaconf import DictConfig
 from .entry import CONFIG_DIR, discard_if_empty, run_or_exit
 from .runtime import distributed
 from .runtime.sweep_jobs import cpu_threads_for_sweep_job, gpu_for_sweep_job
-from .training.checkpointing import previous_attempt
 from .training.experiment import train
+from .training.run_checkpoints import previous_attempt
 
 log = logging.getLogger("src.train")
 

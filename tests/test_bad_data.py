@@ -24,8 +24,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
+from src.data.decoding import read_folder
 from src.data.images import decode_image
-from src.data.sources import RawData, read_folder
+from src.data.raw import RawData
 from src.errors import BadImageError, DataError
 from tests.helpers import write_blank_png
 
@@ -63,7 +64,7 @@ def test_zero_byte_image_is_a_bad_image(tmp_path, name, caplog):
     with pytest.raises(BadImageError) as info:
         read(root)
     assert one_line_naming(info.value, empty)
-    with caplog.at_level(logging.WARNING, logger="src.data.sources"):
+    with caplog.at_level(logging.WARNING, logger="src.data.decoding"):
         raw = read(root, on_bad_image="skip")
     assert loaded(raw) == kept
     assert "Skipped 1 unreadable images" in caplog.text and str(empty) in caplog.text
@@ -286,7 +287,7 @@ def test_broken_symlink_is_a_bad_image(tmp_path, where, caplog):
         with pytest.raises(BadImageError) as info:
             read(root, cache_dir=cache_dir)
         assert one_line_naming(info.value, broken)
-        with caplog.at_level(logging.WARNING, logger="src.data.sources"):
+        with caplog.at_level(logging.WARNING, logger="src.data.decoding"):
             assert loaded(read(root, on_bad_image="skip", cache_dir=cache_dir)) == files
         assert str(broken) in caplog.text
 

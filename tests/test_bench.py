@@ -5,7 +5,7 @@ import json
 
 from hydra import compose, initialize_config_dir
 
-from src.runtime.benchmark import bench_table, run_benchmark
+from src.training.benchmark import bench_table, run_benchmark
 from src.training.experiment import train
 from tests.helpers import CONF_DIR, TIMING_KEYS, compose_train, fast_overrides, write_dataset
 
@@ -38,7 +38,7 @@ def test_bench_runs_the_reference_loop_of_the_repository(tmp_path, monkeypatch):
         cfg = compose("bench", overrides=[*overrides, "bench.batches=3", "bench.warmup=1", "bench.startup=false",
                                           "bench.decode=false", "bench.eval=false", "bench.augment=false",
                                           "bench.reference_modes=[bare]"])
-    assert cfg.bench.reference == "src/runtime/reference_loop.py"
+    assert cfg.bench.reference == "tools/reference_loop.py"
     result = run_benchmark(cfg, tmp_path / "bench", overrides, "lenet")
     assert result["reference_bare_images_per_s"] > 0 and result["ratios"]["runner_over_reference_bare"] > 0
 

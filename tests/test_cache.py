@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 import src.data.cache as cache_module
-import src.data.sources as sources
+import src.data.decoding as decoding
+import src.data.fer2013_csv as fer2013_csv
 from src.data import FolderData
 from src.errors import BadImageError
 from tests.helpers import read_fer, write_fer_csv
@@ -22,15 +23,15 @@ from tests.helpers import read_fer, write_fer_csv
 
 @pytest.fixture
 def decode_calls(monkeypatch) -> list[str]:
-    """The paths src.data.sources decodes, in order (the real decoder still runs)."""
+    """The paths src.data.decoding decodes, in order (the real decoder still runs)."""
     calls: list[str] = []
-    real = sources.decode_image
+    real = decoding.decode_image
 
     def spy(path, *args, **kwargs):
         calls.append(path)
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(sources, "decode_image", spy)
+    monkeypatch.setattr(decoding, "decode_image", spy)
     return calls
 
 
@@ -191,16 +192,16 @@ def test_a_read_failure_fixed_afterwards_is_not_remembered(dataset, cache_dir, d
 def test_a_read_failure_fixed_afterwards_is_not_remembered_as_root(dataset, cache_dir, decode_calls, monkeypatch):
     """The same as above where permissions cannot fail a read (root): the decoder fails for one file."""
     locked = str(dataset / "top" / "img_000.png")
-    real = sources.decode_image
+    real = decoding.decode_image
 
     def denied(path, *args):
         if path == locked:
             raise BadImageError(f"cannot read image {path}: [Errno 13] Permission denied")
         return real(path, *args)
 
-    monkeypatch.setattr(sources, "decode_image", denied)
+    monkeypatch.setattr(decoding, "decode_image", denied)
     assert sum(len(s) for s in read(dataset, cache_dir, on_bad_image="skip").splits.values()) == 11
-    monkeypatch.setattr(sources, "decode_image", real)
+    monkeypatch.setattr(decoding, "decode_image", real)
     assert sum(len(s) for s in read(dataset, cache_dir, on_bad_image="skip").splits.values()) == 12
 
 
@@ -245,8 +246,8 @@ def test_fer2013_csv_label_tampering_is_detected(tmp_path, cache_dir, caplog):
 
 def test_fer2013_csv_is_parsed_once(tmp_path, cache_dir, monkeypatch):
     calls = []
-    real = sources._parse_fer2013_csv
-    monkeypatch.setattr(sources, "_parse_fer2013_csv", lambda path: calls.append(path) or real(path))
+    real = fer2013_csv._parse_fer2013_csv
+    monkeypatch.setattr(fer2013_csv, "_parse_fer2013_csv", lambda path: calls.append(path) or real(path))
     csv = write_fer_csv(tmp_path / "fer2013.csv")
     first = read_fer(csv, cache_dir)
     second = read_fer(csv, cache_dir, image_size=24, channels=3)  # resizing happens after the cache
@@ -273,9 +274,9 @@ def _folder(tmp_path: Path) -> Path:
 
 def test_a_decode_in_parts_on_several_processes_equals_one_in_one_go(tmp_path, monkeypatch):
     root = _folder(tmp_path)
-    whole = sources.read_folder(root, 1, 24, None, on_bad_image="skip")  # one part: one process, in memory
+    whole = decoding.read_folder(root, 1, 24, None, on_bad_image="skip")  # one part: one process, in memory
     monkeypatch.setattr(cache_module, "RAW_MIN_BYTES", 1024)  # into the raw file, as a large dataset is
-    monkeypatch.setattr(sources, "DECODE_PART", 16)  # 120 images: 8 parts on 2 worker processes
+    monkeypatch.setattr(decoding, "DECODE_PART", 16)  # 120 images: 8 parts on 2 worker processes
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     # torch's thread pool running in this process, as in a training: a forked worker that used torch would hang
     threads = torch.get_num_threads()
@@ -283,7 +284,7 @@ def test_a_decode_in_parts_on_several_processes_equals_one_in_one_go(tmp_path, m
     torch.ones(4096, 48, 48, 1).permute(0, 3, 1, 2).contiguous()  # at::parallel_for: an OpenMP team
     result = {}
     worker = threading.Thread(target=lambda: result.setdefault(
-        "data", sources.read_folder(root, 1, 24, str(tmp_path / "cache"), on_bad_image="skip")), daemon=True)
+        "data", decoding.read_folder(root, 1, 24, str(tmp_path / "cache"), on_bad_image="skip")), daemon=True)
     worker.start()
     worker.join(timeout=120)
     torch.set_num_threads(threads)
@@ -296,11 +297,11 @@ def test_a_decode_in_parts_on_several_processes_equals_one_in_one_go(tmp_path, m
 
 def test_an_interrupted_decode_goes_on_from_its_parts_and_ends_the_same(tmp_path, monkeypatch, caplog):
     root = _folder(tmp_path)
-    monkeypatch.setattr(sources, "DECODE_PART", 16)
+    monkeypatch.setattr(decoding, "DECODE_PART", 16)
     monkeypatch.setattr(cache_module, "RAW_MIN_BYTES", 1024)  # decoded into the raw file, as a large dataset is
     monkeypatch.setattr(os, "cpu_count", lambda: 1)  # in this process, so that the interruption can be placed
-    reference = sources.read_folder(root, 1, 24, str(tmp_path / "reference"), on_bad_image="skip")
-    real = sources._decode_part
+    reference = decoding.read_folder(root, 1, 24, str(tmp_path / "reference"), on_bad_image="skip")
+    real = decoding._decode_part
     decoded = []
 
     def interrupted_after_three_parts(paths, start, channels, size):
@@ -309,9 +310,9 @@ def test_an_interrupted_decode_goes_on_from_its_parts_and_ends_the_same(tmp_path
         decoded.append(start)
         return real(paths, start, channels, size)
 
-    monkeypatch.setattr(sources, "_decode_part", interrupted_after_three_parts)
+    monkeypatch.setattr(decoding, "_decode_part", interrupted_after_three_parts)
     with pytest.raises(KeyboardInterrupt):
-        sources.read_folder(root, 1, 24, str(tmp_path / "cache"), on_bad_image="skip")
+        decoding.read_folder(root, 1, 24, str(tmp_path / "cache"), on_bad_image="skip")
     (parts_dir,) = (tmp_path / "cache").glob("*.parts")
     assert len(list(parts_dir.glob("*.pt"))) == 3
     # the pixels went to the raw file being built; a part's marker holds its checksum, not a copy of them
@@ -326,9 +327,9 @@ def test_an_interrupted_decode_goes_on_from_its_parts_and_ends_the_same(tmp_path
         f.seek(5 * 24 * 24)
         f.write(b"\x07" * 10)
     decoded.clear()
-    monkeypatch.setattr(sources, "_decode_part", lambda *args: decoded.append(args[1]) or real(*args))
+    monkeypatch.setattr(decoding, "_decode_part", lambda *args: decoded.append(args[1]) or real(*args))
     with caplog.at_level(logging.INFO):
-        resumed = sources.read_folder(root, 1, 24, str(tmp_path / "cache"), on_bad_image="skip")
+        resumed = decoding.read_folder(root, 1, 24, str(tmp_path / "cache"), on_bad_image="skip")
     assert "1 of 8 parts were done" in caplog.text
     assert sorted(decoded) == [0, 16] + list(range(48, 128, 16))  # the two damaged parts, the five never decoded
     for name, split in reference.splits.items():
@@ -351,9 +352,9 @@ def test_the_decode_worker_uses_no_torch(tmp_path, monkeypatch):
 
     root = _folder(tmp_path)
     paths = sorted(str(p) for p in (root / "middle").iterdir())[:5]
-    monkeypatch.setattr(sources, "torch", NoTorch())
+    monkeypatch.setattr(decoding, "torch", NoTorch())
     monkeypatch.setattr(images_module, "torch", NoTorch())
-    decoded, bad = sources._decode_part(paths, 10, 1, 24)
+    decoded, bad = decoding._decode_part(paths, 10, 1, 24)
     assert decoded.shape == (5, 24, 24, 1) and decoded.dtype == np.uint8 and bad == []
 
 
@@ -365,13 +366,13 @@ def test_the_pixels_are_memory_mapped_and_a_changed_raw_file_is_decoded_again(tm
 
     monkeypatch.setattr(cache_module, "RAW_MIN_BYTES", 1024)  # the synthetic dataset's pixels are small
     root = write_dataset(tmp_path / "faces", splits={"train": 20, "val": 5})
-    first = sources.read_folder(root, 1, 24, str(tmp_path / "cache"))
+    first = decoding.read_folder(root, 1, 24, str(tmp_path / "cache"))
     # decoded straight into the raw file, which is then mapped copy-on-write (a change of the file shows in the
     # mapping: keep a copy to compare with)
     first_train = first.splits["train"].images.clone()
     (raw,) = (tmp_path / "cache").glob("*.images.raw")
     assert not list((tmp_path / "cache").glob("*.partial"))
-    warm = sources.read_folder(root, 1, 24, str(tmp_path / "cache"))
+    warm = decoding.read_folder(root, 1, 24, str(tmp_path / "cache"))
     for name, split in first.splits.items():
         assert torch.equal(warm.splits[name].images, split.images)
     # file-backed (copy-on-write): each split folder is a view of the mapping, no copy in private memory
@@ -383,13 +384,13 @@ def test_the_pixels_are_memory_mapped_and_a_changed_raw_file_is_decoded_again(tm
     data[100] ^= 0xFF  # one pixel changed behind the entry's back
     raw.write_bytes(bytes(data))
     with caplog.at_level(logging.WARNING):
-        again = sources.read_folder(root, 1, 24, str(tmp_path / "cache"))
+        again = decoding.read_folder(root, 1, 24, str(tmp_path / "cache"))
     assert "is not the one its entry was written with" in caplog.text
     assert torch.equal(again.splits["train"].images, first_train)
     raw.write_bytes(raw.read_bytes()[:-10])  # truncated
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        sources.read_folder(root, 1, 24, str(tmp_path / "cache"))
+        decoding.read_folder(root, 1, 24, str(tmp_path / "cache"))
     assert "is not the one its entry was written with" in caplog.text
 
 
@@ -405,8 +406,8 @@ def test_a_dataset_larger_than_memory_decodes_into_the_cache_folder(tmp_path, mo
     monkeypatch.setattr(cache_module, "RAW_MIN_BYTES", 1024)
     monkeypatch.setattr(memory_module, "available_host_bytes", lambda: 4096)  # 75 images of 24x24 need 42 KiB
     with pytest.raises(DataError, match="of memory available"):
-        sources.read_folder(root, 1, 24, None)
-    data = sources.read_folder(root, 1, 24, str(tmp_path / "cache"))
+        decoding.read_folder(root, 1, 24, None)
+    data = decoding.read_folder(root, 1, 24, str(tmp_path / "cache"))
     assert len(data.splits["train"]) == 60 and len(data.splits["val"]) == 15
     (raw,) = (tmp_path / "cache").glob("*.images.raw")
     assert raw.stat().st_size == 75 * 24 * 24
@@ -416,7 +417,7 @@ def test_a_dataset_larger_than_memory_decodes_into_the_cache_folder(tmp_path, mo
 
     monkeypatch.setattr(cache_module.shutil, "disk_usage", lambda path: Full())
     with pytest.raises(DataError, match=r"needs 0.0 GiB in the cache folder .* which has 0.0 GiB free"):
-        sources.read_folder(root, 1, 32, str(tmp_path / "cache"))  # another size: another entry to decode
+        decoding.read_folder(root, 1, 32, str(tmp_path / "cache"))  # another size: another entry to decode
 
 
 def test_a_checked_raw_file_is_not_read_again_until_it_changes(tmp_path, monkeypatch, caplog):
@@ -429,14 +430,14 @@ def test_a_checked_raw_file_is_not_read_again_until_it_changes(tmp_path, monkeyp
     monkeypatch.setattr(cache_module, "RAW_MIN_BYTES", 1024)
     monkeypatch.setattr(cache_module, "STAMP_MIN_AGE_S", 0.0)
     root = write_dataset(tmp_path / "faces", splits={"train": 20, "val": 5})
-    first = sources.read_folder(root, 1, 24, str(tmp_path / "cache")).splits["train"].images.clone()
+    first = decoding.read_folder(root, 1, 24, str(tmp_path / "cache")).splits["train"].images.clone()
     (raw,) = (tmp_path / "cache").glob("*.images.raw")
     hashed = []
     real = hashlib.file_digest
     monkeypatch.setattr(hashlib, "file_digest", lambda f, name: hashed.append(f.name) or real(f, name))
 
     def load() -> torch.Tensor:
-        return sources.read_folder(root, 1, 24, str(tmp_path / "cache")).splits["train"].images
+        return decoding.read_folder(root, 1, 24, str(tmp_path / "cache")).splits["train"].images
 
     time.sleep(0.05)
     assert torch.equal(load(), first) and len(hashed) == 1  # checked, and stamped

@@ -10,8 +10,8 @@ import torch
 import torch.nn as nn
 
 from src.runtime import devices
-from src.training.checkpointing import Resumable
 from src.training.ema import ModelEma
+from src.training.run_checkpoints import Resumable
 from src.training.trainer import Trainer
 
 
@@ -119,7 +119,7 @@ def test_an_empty_scaler_state_is_not_loaded_into_an_fp16_run():
     """A bf16/fp32 checkpoint has an empty GradScaler state; resuming it with fp16 starts the scaler afresh."""
     scaler = torch.amp.GradScaler("cpu", enabled=True)
     parts = _parts(scaler)
-    from src.training.checkpointing import FitState
+    from src.training.run_checkpoints import FitState
 
     content = {"state": FitState().as_dict(), "progress": None, "model": parts.model.state_dict(),
                "optimizer": parts.optimizer.state_dict(), "scaler": {}, "ema": None,

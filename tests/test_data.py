@@ -273,7 +273,7 @@ def test_mean_std_computed_on_train_or_checked(make_folder, cache_dir):
 
 
 def test_normalization_statistics_from_histograms_equal_float64_over_the_whole_split():
-    from src.data.datamodule import channel_mean_std
+    from src.data.datasets import channel_mean_std
 
     images = torch.randint(0, 256, (9000, 3, 8, 8), dtype=torch.uint8)  # more than one chunk of 4096
     images[:, 2] //= 4  # channels that differ

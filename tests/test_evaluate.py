@@ -15,11 +15,11 @@ from sklearn.metrics import roc_auc_score
 
 from src.data.inputs import ModelInput, tta_views
 from src.errors import UserError
-from src.evaluation.image_prediction import predict_images
 from src.evaluation.metrics import roc_auc
-from src.evaluation.model_export import export_checkpoint
-from src.evaluation.predictor import Ensemble, Predictor, checkpoint_paths, load_model
 from src.evaluation.split_evaluation import run_evaluation
+from src.inference.image_prediction import predict_images
+from src.inference.model_export import export_checkpoint
+from src.inference.predictor import Ensemble, Predictor, checkpoint_paths, load_model
 from src.models import LeNet
 from src.training.experiment import train
 from tests.helpers import compose_entry, compose_train, fast_overrides, quote, write_dataset
@@ -65,7 +65,7 @@ def _dark_pixels(image: np.ndarray) -> np.ndarray:
 
 
 def test_the_tensorboard_confusion_matrix_shades_each_cell_by_its_share_of_the_row():
-    from src.evaluation.figures import confusion_matrix_image
+    from src.figures import confusion_matrix_image
 
     left = confusion_matrix_image([[5, 0], [5, 0]], ["a", "b"], "val/confusion_matrix")  # all predicted a
     right = confusion_matrix_image([[0, 5], [0, 5]], ["a", "b"], "val/confusion_matrix")  # all predicted b

@@ -23,9 +23,9 @@ from PIL import Image
 
 from src.data.images import decode_image
 from src.errors import UserError
-from src.evaluation.detector_comparison import backdrop, match, paste
-from src.evaluation.faces import Face, annotate, crop_face, looks_precropped, make_detector
-from src.evaluation.image_prediction import FaceClassifier, predict_images
+from src.inference.detector_comparison import backdrop, match, paste
+from src.inference.faces import Face, annotate, crop_face, looks_precropped, make_detector
+from src.inference.image_prediction import FaceClassifier, predict_images
 from src.train import train
 from tests.helpers import compose_train, fast_overrides, quote, write_dataset
 from tests.test_evaluate import compose_entry
@@ -100,8 +100,8 @@ def test_group_photos_of_fer2013_faces():
     """Real dataset faces (FER2013's val split, 48x48 gray, tightly framed, some turned or covered) on 12
     group photos: MTCNN finds 41 of their 45 faces (0.91; 0.88 on 200 photos of the test split, README)
     and nothing else."""
-    from src.data.sources import find_images
-    from src.evaluation.detector_comparison import compare
+    from src.data.folders import find_images
+    from src.inference.detector_comparison import compare
 
     (result,) = compare(find_images(FER2013_VAL), photos=12, seed=0, detectors=["mtcnn"])
     assert result["faces"] == 45 and result["recall"] >= 0.85 and result["false_per_photo"] <= 0.1

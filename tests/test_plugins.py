@@ -126,7 +126,7 @@ def test_the_runners_own_classes_are_registered_by_the_names_their_configs_use()
     models, data = registry.registered("model"), registry.registered("data")
     assert models["src.models.lenet.LeNet"].__name__ == "LeNet"
     assert models["src.models.resnet.ResNet"].__name__ == "ResNet"
-    assert data["src.data.Fer2013Data"] is data["src.data.datamodule.Fer2013Data"]
+    assert data["src.data.Fer2013Data"] is data["src.data.datasets.Fer2013Data"]
     for path in sorted((ROOT / "conf" / "model").glob("*.yaml")) + sorted((ROOT / "conf" / "data").glob("*.yaml")):
         targets = [line.split(":", 1)[1].strip() for line in path.read_text().splitlines()
                    if line.startswith("_target_:")]  # none in a config that only extends another (fer5)
@@ -186,7 +186,7 @@ def lenet_run(tmp_path_factory) -> Path:
 
 
 def edited_checkpoint(run: Path, tmp_path: Path, target: str) -> Path:
-    from src.checkpoints import load_checkpoint, save_checkpoint
+    from src.checkpoint_file import load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(run / "checkpoints" / "best.pt")
     ckpt["meta"]["config"]["model"]["_target_"] = target
@@ -218,7 +218,7 @@ def test_a_checkpoint_naming_an_unregistered_module_imports_nothing(lenet_run, t
 
 @pytest.mark.parametrize("target", ["LeNet", "os.system", "src.models.LeNet ", 7, None])
 def test_a_stored_target_matches_only_a_full_registered_name(lenet_run, tmp_path, target):
-    from src.evaluation.predictor import load_model
+    from src.inference.predictor import load_model
 
     path = edited_checkpoint(lenet_run, tmp_path, target)
     with pytest.raises(UserError, match=r"was refused: its stored model config names .*which is not a registered"):

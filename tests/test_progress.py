@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import src.progress as progress_module
-from src.config import EVAL_RULES, PREDICT_RULES, check_values
+from src.command_rules import EVAL_RULES, PREDICT_RULES, check_values
 from src.data.inputs import ModelInput
 from src.errors import ConfigError
-from src.evaluation.predictor import Ensemble, Predictor, load_predictors
+from src.inference.predictor import Ensemble, Predictor, load_predictors
 from src.models import LeNet
 from src.progress import Progress
 from src.training.experiment import train
@@ -104,7 +104,7 @@ def test_training_off_a_terminal_logs_epoch_validation_and_test_progress(tmp_pat
     assert len(steps) == 3, epoch
     assert re.fullmatch(rf"epoch 1/1: batch 2/3 \(67%\), [\d.,]+ (batch/s|s/batch), {ETA} \| "
                         r"loss [\d.]+, acc [\d.]+, img/s \d+", steps[1])
-    evaluation = messages(caplog, "src.evaluation.predictor")
+    evaluation = messages(caplog, "src.inference.predictor")
     assert done(evaluation) == ["val: img 4/12 (33%)", "val: img 8/12 (67%)",
                                                      "val: img 12/12 (100%)", "test: img 4/12 (33%)",
                                                      "test: img 8/12 (67%)", "test: img 12/12 (100%)"]
@@ -122,14 +122,14 @@ def test_evaluation_passes_count_images_by_view_and_name_ensemble_members(monkey
     model = LeNet(num_classes=3, in_channels=1)
     tencrop = Predictor(model, ModelInput([0.5], [0.25], crop=28), tta="tencrop", batch_size=6, log_every_s=1e-9)
     tencrop.log_probs(images, "test")
-    lines = messages(caplog, "src.evaluation.predictor")
+    lines = messages(caplog, "src.inference.predictor")
     # one batch, ten views: the pass advances during the batch (6 images over 10 forward passes)
     assert done(lines) == [f"test (tta=tencrop): img {n}/6 ({100 * n / 6:.0f}%)"
                                                 for n in range(1, 7)]
     caplog.clear()
     plain = Predictor(model, ModelInput([0.5], [0.25]), batch_size=4, log_every_s=1e-9)
     Ensemble([plain, plain]).log_probs(images)
-    assert done(messages(caplog, "src.evaluation.predictor")) == [
+    assert done(messages(caplog, "src.inference.predictor")) == [
         "predicting, model 1/2: img 4/6 (67%)", "predicting, model 1/2: img 6/6 (100%)",
         "predicting, model 2/2: img 4/6 (67%)", "predicting, model 2/2: img 6/6 (100%)"]
 

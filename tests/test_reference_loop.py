@@ -1,4 +1,4 @@
-"""The in-repo yardstick (src/runtime/reference_loop.py): it runs, counts what it times as documented,
+"""The in-repo yardstick (tools/reference_loop.py): it runs, counts what it times as documented,
 and, given another copy of the yardstick in $BENCH_REFERENCE (the development machines have one),
 counts exactly what that one counts.
 
@@ -56,7 +56,7 @@ def results(tmp_path_factory) -> dict[tuple[str, str], dict]:
     folder = write_dataset(tmp_path_factory.mktemp("reference") / "train", per_class=8, size=16)
     args = {"seed": ("--mode", "seed", *ARGS),
             "bare": ("--mode", "bare", "--model-yaml", "conf/model/lenet.yaml", *ARGS)}
-    commands = {("ours", "seed"): [str(SCRIPT)], ("ours", "bare"): ["-m", "src.runtime.reference_loop"]}
+    commands = {("ours", "seed"): [str(SCRIPT)], ("ours", "bare"): ["-m", "tools.reference_loop"]}
     if HAS_OTHER:
         commands.update({("other", mode): [str(OTHER)] for mode in args})
     processes = {key: start(command, folder, *args[key[1]]) for key, command in commands.items()}
@@ -80,7 +80,7 @@ def test_counts_the_timed_images(results, mode):
 
 
 def test_builtin_and_yaml_models(results):
-    """Seed mode ran the built-in LeNet; bare mode conf/model/lenet.yaml, as `python -m src.runtime.reference_loop`."""
+    """Seed mode ran the built-in LeNet; bare mode conf/model/lenet.yaml, as `python -m tools.reference_loop`."""
     assert results["ours", "seed"]["model"] == "lenet"
     assert results["ours", "bare"]["model"] == "lenet.yaml"
 

@@ -20,8 +20,8 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 import src.fileio as fileio
 import src.training.trainer as trainer_module
 from src.data import Split
+from src.data.decoding import read_folder
 from src.data.loader import DeviceLoader
-from src.data.sources import read_folder
 from src.entry import run_or_exit
 from src.errors import DataError, UserError
 from src.training.experiment import train
@@ -223,12 +223,12 @@ def test_full_disk_while_writing_a_checkpoint_keeps_the_old_one(tmp_path, data_r
 
 
 def test_a_dataset_larger_than_host_memory_is_refused_before_decoding(tmp_path, data_root, monkeypatch):
+    import src.data.decoding as decoding
     import src.data.memory as memory
-    import src.data.sources as sources
 
     monkeypatch.setattr(memory, "available_host_bytes", lambda: 100_000)  # 100 kB "free"
     decoded = []
-    monkeypatch.setattr(sources, "decode_image", lambda *a: decoded.append(a))
+    monkeypatch.setattr(decoding, "decode_image", lambda *a: decoded.append(a))
     with pytest.raises(DataError, match=r"decoding 72 images of 3x32x32 .* needs .* GiB, more than 60% of the"):
         read_folder(data_root, 3, 32, cache_dir=None)
     assert decoded == []
@@ -309,7 +309,7 @@ class _Exploit:
 
 @pytest.mark.parametrize("entry", ["resume", "evaluate"])
 def test_a_checkpoint_that_would_run_code_is_refused_and_nothing_runs(tmp_path, data_root, entry):
-    from src.evaluation.predictor import load_model
+    from src.inference.predictor import load_model
 
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"

@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from src.errors import UserError
-from src.reporting.comparison import collect_runs, write_comparison
+from src.reporting.comparison import write_comparison
+from src.reporting.run_names import collect_runs
 
 
 def make_run(path: Path, overrides: list[str], seed: int, acc: float, **metrics) -> Path:

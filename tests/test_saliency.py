@@ -7,8 +7,8 @@ import torch.nn as nn
 from PIL import Image
 
 from src.data.inputs import ModelInput
-from src.evaluation.predictor import Predictor
-from src.evaluation.saliency import feature_layer, grad_cam
+from src.inference.predictor import Predictor
+from src.inference.saliency import feature_layer, grad_cam
 from src.models import LeNet, ResNet
 from tests.helpers import quote
 from tests.test_evaluate import evaluate, trained  # noqa: F401 - the module's fixture, reused

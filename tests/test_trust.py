@@ -28,14 +28,14 @@ import torch
 from hydra.core.global_hydra import GlobalHydra
 from PIL import Image
 
-import src.data.sources as sources
+import src.data.decoding as decoding
 import src.training.experiment as experiment
 from src.data.images import decode_image
 from src.entry import run_or_exit
 from src.errors import BadImageError, ConfigError, DataError, UserError
-from src.evaluation.model_export import export_checkpoint
-from src.evaluation.predictor import load_model
-from src.reporting.comparison import collect_runs
+from src.inference.model_export import export_checkpoint
+from src.inference.predictor import load_model
+from src.reporting.run_names import collect_runs
 from tests.helpers import ROOT, compose_train, fast_overrides, quote, read_fer, write_dataset, write_fer_csv
 from tests.test_cifar100 import make as read_cifar
 from tests.test_cifar100 import write_release
@@ -337,8 +337,8 @@ def odd_files(make_folder, monkeypatch) -> dict:
 
 
 def test_fifos_sockets_and_devices_in_a_dataset_are_skipped_without_blocking(odd_files, caplog):
-    with fails_after(30), caplog.at_level(logging.WARNING, logger="src.data.sources"):
-        data = sources.read_folder(odd_files["root"], 1, 16, cache_dir=None)
+    with fails_after(30), caplog.at_level(logging.WARNING, logger="src.data.folders"):
+        data = decoding.read_folder(odd_files["root"], 1, 16, cache_dir=None)
     assert sum(len(s) for s in data.splits.values()) == 12  # the 12 real images, nothing else
     assert "Skipped 3 entries with image names that are not regular files" in caplog.text
 
@@ -422,7 +422,7 @@ def no_decoding(monkeypatch):
     def refuse(path, *args):
         raise AssertionError(f"{path} was decoded before the bad value was reported")
 
-    monkeypatch.setattr(sources, "decode_image", refuse)
+    monkeypatch.setattr(decoding, "decode_image", refuse)
 
 
 @pytest.mark.parametrize("overrides, message", BAD_TRAIN_VALUES, ids=[m for _, m in BAD_TRAIN_VALUES])

@@ -17,8 +17,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..config import check_arguments, check_value, show
+from ..config import check_arguments
 from ..errors import ConfigError
+from ..value_checks import check_value, show
 from .mixing import BatchMix
 
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import torch
 
-from .sources import Split
+from .raw import Split
 
 
 def shard_order(order: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:

@@ -16,19 +16,16 @@ import random
 
 import torch
 
-from ..errors import ConfigError
+from ..value_checks import require
 
 
 class BatchMix:
     def __init__(self, mixup_alpha: float = 0.0, cutmix_alpha: float = 0.0, prob: float = 1.0,
                  switch_prob: float = 0.5):
-        checks = [(mixup_alpha >= 0, "mix.mixup_alpha", mixup_alpha, "must be >= 0 (0: off)"),
-                  (cutmix_alpha >= 0, "mix.cutmix_alpha", cutmix_alpha, "must be >= 0 (0: off)"),
-                  (0 <= prob <= 1, "mix.prob", prob, "must be in [0, 1]"),
-                  (0 <= switch_prob <= 1, "mix.switch_prob", switch_prob, "must be in [0, 1]")]
-        for ok, key, value, rule in checks:
-            if not ok:
-                raise ConfigError(f"{key}={value} is invalid: it {rule}")
+        require(mixup_alpha >= 0, "mix.mixup_alpha", mixup_alpha, "must be >= 0 (0: off)")
+        require(cutmix_alpha >= 0, "mix.cutmix_alpha", cutmix_alpha, "must be >= 0 (0: off)")
+        require(0 <= prob <= 1, "mix.prob", prob, "must be in [0, 1]")
+        require(0 <= switch_prob <= 1, "mix.switch_prob", switch_prob, "must be in [0, 1]")
         self.mixup_alpha, self.cutmix_alpha = float(mixup_alpha), float(cutmix_alpha)
         self.prob, self.switch_prob = float(prob), float(switch_prob)
         self.rng = random.Random(0)

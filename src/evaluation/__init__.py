@@ -1,2 +1,2 @@
-"""After (and during) training: predictors with test-time augmentation, metrics, the evaluation of a
-split with its report and figures, predicting image files, exporting a model."""
+"""Scoring a model: the metric registry and the evaluation of a split (its metrics.json, per-class table and
+figures), for the validation of every epoch, the final test and src.evaluate."""

@@ -15,14 +15,15 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ..config import EVAL_RULES, build_stored, check_values
+from ..command_rules import EVAL_RULES, check_values
+from ..config import build_stored
 from ..data import Split
 from ..errors import UserError
+from ..figures import confusion_matrix_figure, misclassified_figure, pca_figure, pr_figure, roc_figure, save_figure
 from ..fileio import atomic_write_json
+from ..inference.predictor import average_probabilities, checkpoint_paths, load_predictors
 from ..runtime.distributed import map_shards
-from .figures import confusion_matrix_figure, misclassified_figure, pca_figure, pr_figure, roc_figure, save_figure
 from .metrics import BY_NAME, SCALAR_METRICS, compute_metrics, per_class_table
-from .predictor import average_probabilities, checkpoint_paths, load_predictors
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ def run_evaluation(cfg: DictConfig, run_dir: str | Path) -> dict:
     """`python -m src.evaluate`: one checkpoint or an ensemble on a split, with the full report."""
     check_values(cfg, EVAL_RULES)
     if cfg.saliency:
-        from .saliency import require_captum
+        from ..inference.saliency import require_captum
 
         require_captum()
     run_dir = Path(run_dir)
@@ -133,7 +134,7 @@ def run_evaluation(cfg: DictConfig, run_dir: str | Path) -> dict:
         features = predictors[0].features(split.images, f"{split_name} features")
         write_embedding(run_dir, features, split, classes, split_name)
     if cfg.saliency:
-        from .saliency import split_saliency
+        from ..inference.saliency import split_saliency
 
         which = "" if len(predictors) == 1 else " (the maps are the first model's, for the ensemble's predictions)"
         figure = split_saliency(predictors[0], split.images, split.labels, evaluation.probs, classes,

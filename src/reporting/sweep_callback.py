@@ -17,9 +17,11 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from ..entry import take_job_error
 from ..runtime.distributed import launched_rank
-from .comparison import collect_runs, read_job_records, write_comparison
+from ..runtime.sweep_jobs import error_line, take_job_error
+from .comparison import write_comparison
+from .run_names import collect_runs
+from .run_records import read_job_records
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +32,11 @@ def _error_of(job_return: JobReturn) -> str:
     recorded = take_job_error()
     if recorded or job_return.status != JobStatus.FAILED:
         return recorded or ""
-    exc = job_return._return_value  # the exception (reading .return_value would re-raise it)
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}" if exc else "failed"
+    # The exception, read from the private field on purpose: Hydra's public `return_value` (hydra 1.3,
+    # core/utils.py) re-raises it and writes "Error executing job with overrides ..." to stderr, which would end
+    # the callback and repeat a line the job's log already has.
+    exc = job_return._return_value
+    return error_line(exc) if exc else "failed"
 
 
 class SweepSummary(Callback):

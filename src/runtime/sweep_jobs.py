@@ -9,6 +9,10 @@ Only jobs that share a machine claim: the locks are per host (a sweep directory 
 serves several machines), and jobs of the SLURM launcher, each in its own allocation with its own GPUs,
 claim nothing. Where the filesystem has no flock, jobs do not claim (a warning says so).
 On the CPU, each job takes cores / jobs threads (cpu_threads_for_sweep_job).
+
+A job's failure is kept for the sweep callback (record_job_error, take_job_error): src/entry.py's run_or_exit
+lets a failed job end normally, so that Hydra goes on with the sweep, and the callback writes the error into
+the sweep's table.
 """
 from __future__ import annotations
 
@@ -106,3 +110,23 @@ def cpu_threads_for_sweep_job(cfg, hydra_cfg) -> None:
     cfg.trainer.threads = max(1, cores // jobs)
     log.info("%d jobs at once on %d cores: this job uses %d CPU thread(s) (trainer.threads)", jobs, cores,
              cfg.trainer.threads)
+
+
+_job_error: str | None = None  # the failure of the multirun job this process ran last, for the sweep callback
+
+
+def error_line(error: BaseException) -> str:
+    """"ConfigError: the first line of its message": how a failed job appears in the sweep's table."""
+    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+
+
+def record_job_error(error: BaseException) -> None:
+    global _job_error
+    _job_error = error_line(error)
+
+
+def take_job_error() -> str | None:
+    """The error of the job that just ended in this process (see record_job_error), once."""
+    global _job_error
+    error, _job_error = _job_error, None
+    return error

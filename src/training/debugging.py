@@ -25,11 +25,11 @@ from pathlib import Path
 import torch
 
 from ..data import DeviceLoader, ImageData, Split
-from ..errors import ConfigError
 from ..runtime import distributed as ddp
-from .checkpointing import EpochProgress, FitState, Resumable, RunCheckpoints
+from ..value_checks import require
 from .monitors import Interrupted
 from .profiling import NoProfiler, StepProfiler
+from .run_checkpoints import EpochProgress, FitState, Resumable, RunCheckpoints
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +66,12 @@ class DebugModes:
 
     def __post_init__(self):
         limit_rule = "must be a number of batches >= 1, a fraction in (0, 1], or null (all)"
-        checks = [(_is_limit(getattr(self, key)), key, limit_rule)
-                  for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches")]
-        checks += [
-            (self.overfit_batches == 0 or _is_limit(self.overfit_batches), "overfit_batches",
-             "must be a number of batches >= 1, a fraction in (0, 1], or 0 (off)"),
-            (self.fast_dev_run >= 0, "fast_dev_run", "must be a number of batches >= 1, true (1), or false / 0 (off)"),
-        ]
-        for ok, key, rule in checks:
-            if not ok:
-                raise ConfigError(f"trainer.{key}={getattr(self, key)} is invalid: it {rule}")
+        for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches"):
+            require(_is_limit(getattr(self, key)), f"trainer.{key}", getattr(self, key), limit_rule)
+        require(self.overfit_batches == 0 or _is_limit(self.overfit_batches), "trainer.overfit_batches",
+                self.overfit_batches, "must be a number of batches >= 1, a fraction in (0, 1], or 0 (off)")
+        require(self.fast_dev_run >= 0, "trainer.fast_dev_run", self.fast_dev_run,
+                "must be a number of batches >= 1, true (1), or false / 0 (off)")
         self.fast_dev_run = int(self.fast_dev_run)  # true is 1 batch, as in Lightning
         if self.fast_dev_run:
             self.limit_train_batches = self.limit_val_batches = self.limit_test_batches = self.fast_dev_run

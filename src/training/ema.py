@@ -13,13 +13,16 @@ import copy
 import torch
 import torch.nn as nn
 
-from ..errors import ConfigError
+from ..value_checks import require
+
+
+def check_ema_decay(decay: float) -> None:
+    require(0 < decay < 1, "trainer.ema_decay", decay, "must be in (0, 1), e.g. 0.999, or null (off)")
 
 
 class ModelEma:
     def __init__(self, model: nn.Module, decay: float):
-        if not 0 < decay < 1:
-            raise ConfigError(f"trainer.ema_decay={decay} is invalid: it must be in (0, 1), e.g. 0.999, or null (off)")
+        check_ema_decay(decay)
         self.decay = decay
         self.steps = 0
         self._paired_with, self._pairs = None, ([], [], [])

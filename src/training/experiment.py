@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ..config import TRAIN_RULES, build, check_model_config, check_optimizer_config, check_values
+from ..command_rules import TRAIN_RULES, check_model_config, check_optimizer_config, check_values
+from ..config import build
 from ..data.inputs import ModelInput
 from ..errors import ConfigError, UserError
 from ..evaluation.metrics import EPOCH_METRICS, METRICS, SUMMARY_METRICS, per_class_table
@@ -25,10 +26,10 @@ from ..fileio import atomic_write_json
 from ..models import count_conv_layers, count_parameters, size_mb
 from ..runtime import distributed as ddp
 from ..runtime.run_info import collect_run_info, earlier_commands
-from .checkpointing import FitState, RunCheckpoints, checkpoint_to_resume
 from .debugging import DevRunCheckpoints
 from .losses import make_criterion
 from .monitors import Interrupted
+from .run_checkpoints import FitState, RunCheckpoints, checkpoint_to_resume
 from .tensorboard_logger import NullLogger, flat_hparams
 from .trainer import Recipe, Trainer
 

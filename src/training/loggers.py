@@ -26,7 +26,7 @@ from omegaconf import OmegaConf
 
 from ..config import build
 from ..errors import UserError
-from ..evaluation.figures import confusion_matrix_image
+from ..figures import confusion_matrix_image
 from ..fileio import atomic_write_json
 
 

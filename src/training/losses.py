@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 from omegaconf import DictConfig
 
-from ..config import check_loss_config
+from ..command_rules import check_loss_config
 from ..errors import ConfigError
 
 

@@ -22,7 +22,7 @@ from ..runtime import distributed as ddp
 from ..runtime.devices import seconds_since_process_start, synchronize
 
 if TYPE_CHECKING:
-    from .checkpointing import EpochProgress
+    from .run_checkpoints import EpochProgress
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
 from ..errors import ConfigError
+from ..value_checks import require
 
 
 class Schedule:
@@ -122,12 +123,10 @@ class Plateau:
     per_batch = False  # stepped once per epoch, with the monitored validation metric
 
     def __init__(self, factor: float = 0.1, patience: int = 5, min_lr: float = 0.0, threshold: float = 1e-4):
-        checks = [(0 < factor < 1, "sched.factor", factor, "in (0, 1)"),
-                  (patience >= 0, "sched.patience", patience, ">= 0"),
-                  (min_lr >= 0, "sched.min_lr", min_lr, ">= 0"), (threshold >= 0, "sched.threshold", threshold, ">= 0")]
-        for ok, key, value, rule in checks:
-            if not ok:
-                raise ConfigError(f"{key}={value} is invalid: it must be {rule}")
+        require(0 < factor < 1, "sched.factor", factor, "must be in (0, 1)")
+        require(patience >= 0, "sched.patience", patience, "must be >= 0")
+        require(min_lr >= 0, "sched.min_lr", min_lr, "must be >= 0")
+        require(threshold >= 0, "sched.threshold", threshold, "must be >= 0")
         self.factor, self.patience, self.min_lr, self.threshold = factor, patience, min_lr, threshold
 
     def build(self, optimizer: torch.optim.Optimizer, max_epochs: int, steps_per_epoch: int,

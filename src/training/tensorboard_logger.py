@@ -7,7 +7,8 @@ import re
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..evaluation.figures import confusion_matrix_image
+from ..figures import confusion_matrix_image
+from ..key_roles import LOCATION, MACHINE, RUN_CONTROL, keys_with
 from .loggers import Logger, NullLogger  # noqa: F401 - NullLogger's earlier path: older run records name it
 
 
@@ -68,19 +69,17 @@ TAGS = {"lr": "train/lr"}
 # history.csv's keys TensorBoard has already: time_s is the wall clock, its "Relative" horizontal axis.
 UNLOGGED = ("time_s",)
 
-# Keys that say where files are, how a run is shown or how it is resumed, never what was trained: left out
-# of HParams even when given on the command line, as are the groups and keys of SKIPPED_GROUPS.
-BOOKKEEPING_KEYS = ("ckpt_path", "resume", "test", "data.root", "data.csv", "data.cache_dir", "data.download",
-                    "trainer.progress_bar")
-SKIPPED_GROUPS = ("hydra", "paths", "logger")
+# Never in HParams, even when given on the command line: where files are and how the run is started, shown and
+# logged (src/key_roles.py), and the groups of such keys (hydra, paths, logger).
+BOOKKEEPING_KEYS = keys_with(LOCATION, RUN_CONTROL)
+SKIPPED_GROUPS = tuple(key.rstrip(".") for key in BOOKKEEPING_KEYS if key.endswith("."))
 # The settings that define an experiment: in HParams whether or not they were given on the command line.
-# The other keys (the device and what only changes speed or memory: trainer.device, channels_last, compile,
-# warmup_batches, limit_train_batches, data.eval_batch_size, data.max_device_bytes, data.on_bad_image, and
-# model.input_size, which repeats data.image_size) are in HParams only when given on the command line.
+# The machine's keys (the device and what only changes speed or memory, key_roles.MACHINE) and the trainer's
+# other keys are in HParams only when given on the command line.
 EXPERIMENT_KEYS = ("seed", "loss.", "data.", "model.", "aug.", "optim.", "sched.", "tta.", "trainer.max_epochs",
                    "trainer.precision", "trainer.gradient_clip_val", "trainer.monitor",
                    "trainer.early_stopping_patience", "trainer.ema_decay")
-RUN_MECHANICS_KEYS = ("data.eval_batch_size", "data.max_device_bytes", "data.on_bad_image", "model.input_size")
+MACHINE_KEYS = keys_with(MACHINE)
 
 
 def _among(key: str, patterns: tuple[str, ...]) -> bool:
@@ -124,7 +123,7 @@ def flat_hparams(cfg: DictConfig, choices: dict | None, overrides: list[str] | N
             given |= {k: v for k, v in settings.items() if k == key or k.startswith(key + ".")}
     inactive = {"data.fold", "data.group_regex"} if (container.get("data") or {}).get("folds") is None else set()
     defining = {k: v for k, v in settings.items()
-                if _among(k, EXPERIMENT_KEYS) and not _among(k, BOOKKEEPING_KEYS + RUN_MECHANICS_KEYS)
+                if _among(k, EXPERIMENT_KEYS) and not _among(k, BOOKKEEPING_KEYS + MACHINE_KEYS)
                 and v is not None and k not in inactive}
     flat = given | {f"choice/{group}": option for group, option in choices.items()} | defining
     return {key: _scalar(value) for key, value in flat.items()}

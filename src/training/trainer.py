@@ -19,16 +19,17 @@ from ..data.inputs import ModelInput
 from ..data.memory import device_budget_bytes
 from ..errors import ConfigError
 from ..evaluation.metrics import EPOCH_METRICS, MONITORS, lower_is_better
-from ..evaluation.predictor import Predictor
 from ..evaluation.split_evaluation import evaluate_split
-from ..progress import clock
+from ..inference.predictor import Predictor
+from ..progress import LOG_EVERY_S_RULE, clock
 from ..runtime import distributed as ddp
 from ..runtime.devices import autocast, fused_on_cuda, resolve_device, resolve_precision
-from .checkpointing import EpochProgress, FitState, Resumable, RunCheckpoints
+from ..value_checks import require
 from .debugging import DebugModes
-from .ema import ModelEma
+from .ema import ModelEma, check_ema_decay
 from .monitors import CHECK_EVERY, EpochMeter, FirstStepLog, Interrupted, ProgressBar, StopOnSigint
 from .profiling import NoProfiler
+from .run_checkpoints import EpochProgress, FitState, Resumable, RunCheckpoints
 from .tensorboard_logger import NullLogger
 
 log = logging.getLogger(__name__)
@@ -96,19 +97,17 @@ class Trainer:
                  threads: int | None = None):
         self.debug = DebugModes(limit_train_batches, limit_val_batches, limit_test_batches, overfit_batches,
                                 fast_dev_run, profile)
-        checks = [
-            (max_epochs >= 1, "max_epochs", max_epochs, "must be at least 1"),
-            (monitor in MONITORS, "monitor", monitor, f"must be one of {', '.join(MONITORS)}"),
-            (early_stopping_patience is None or early_stopping_patience >= 0, "early_stopping_patience",
-             early_stopping_patience, "must be >= 0 (epochs without improvement), or null (never stop early)"),
-            (warmup_batches >= 0, "warmup_batches", warmup_batches, "must be >= 0"),
-            (log_every_s >= 0, "log_every_s", log_every_s, "must be >= 0 seconds (0: no progress lines)"),
-            (gradient_clip_val >= 0, "gradient_clip_val", gradient_clip_val, "must be >= 0"),
-            (threads is None or threads >= 1, "threads", threads, "must be at least 1, or null (the default)"),
-        ]
-        for ok, key, value, rule in checks:
-            if not ok:
-                raise ConfigError(f"trainer.{key}={value} is invalid: it {rule}")
+        require(max_epochs >= 1, "trainer.max_epochs", max_epochs, "must be at least 1")
+        require(monitor in MONITORS, "trainer.monitor", monitor, f"must be one of {', '.join(MONITORS)}")
+        require(early_stopping_patience is None or early_stopping_patience >= 0, "trainer.early_stopping_patience",
+                early_stopping_patience, "must be >= 0 (epochs without improvement), or null (never stop early)")
+        require(warmup_batches >= 0, "trainer.warmup_batches", warmup_batches, "must be >= 0")
+        require(LOG_EVERY_S_RULE[0](log_every_s), "trainer.log_every_s", log_every_s, "must be " + LOG_EVERY_S_RULE[1])
+        require(gradient_clip_val >= 0, "trainer.gradient_clip_val", gradient_clip_val, "must be >= 0")
+        require(threads is None or threads >= 1, "trainer.threads", threads,
+                "must be at least 1, or null (the default)")
+        if ema_decay is not None:
+            check_ema_decay(ema_decay)
         launched = ddp.launched_world_size()
         if launched > 1 and not distributed:
             raise ConfigError(f"torchrun started {launched} processes, but this trainer trains in one: each would "
@@ -124,8 +123,6 @@ class Trainer:
         self.early_stopping_patience = early_stopping_patience
         self.warmup_batches, self.progress_bar, self.log_every_s = warmup_batches, progress_bar, log_every_s
         self.ema_decay = ema_decay
-        if ema_decay is not None:
-            ModelEma(nn.Identity(), ema_decay)  # checks the value now, before any data is read
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
         self._eval_data, self._eval_splits = None, {}  # see _eval_split

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import registry
-from ..checkpoints import load_checkpoint
+from ..checkpoint_file import load_checkpoint
 from ..config import build_stored
 from ..data.inputs import TTA_MODES, ModelInput
 from ..errors import ConfigError, UserError

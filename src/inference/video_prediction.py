@@ -22,10 +22,10 @@ import numpy as np
 from PIL import Image
 
 from ..errors import UserError
+from ..figures import save_figure
 from ..progress import Progress
+from .face_classifier import FaceClassifier, progress_every_s
 from .faces import INSTALL_HINT, annotate
-from .figures import save_figure
-from .image_prediction import FaceClassifier, progress_every_s
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Comparing the face detectors on group photos made of dataset faces with known positions:
 
-    python -m src.evaluation.detector_comparison $DATA_DIR/fer2013/test --photos 200 [--seed 0]
+    python -m src.inference.detector_comparison $DATA_DIR/fer2013/test --photos 200 [--seed 0]
 
 Each photo is a smooth random backdrop (640x480) with 2 to 5 faces of the folder (any image folder:
 FER2013's test split is 48x48 gray faces) scaled to 64-160 pixels at random positions that do not
@@ -100,14 +100,14 @@ def compare(face_files: Sequence[str], photos: int, seed: int, detectors: Sequen
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m src.evaluation.detector_comparison",
+    parser = argparse.ArgumentParser(prog="python -m src.inference.detector_comparison",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("faces", help="a folder of face images (searched recursively), e.g. fer2013/test")
     parser.add_argument("--photos", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--detectors", nargs="+", default=["mtcnn", "haar"])
     args = parser.parse_args(argv)
-    from ..data.sources import find_images
+    from ..data.folders import find_images
 
     files = find_images(Path(args.faces))
     if len(files) < 5:

@@ -25,8 +25,8 @@ Prints one JSON line: {"mode", "model", "device", "images", "train_s", "images_p
 
 Examples, from the repository's root:
 
-    python src/runtime/reference_loop.py --root ~/datasets/fer2013/train --mode seed --model-yaml conf/model/lenet.yaml
-    python -m src.runtime.reference_loop --root ~/datasets/fer2013/train --mode bare --model resnet18 --limit-batches 6
+    python tools/reference_loop.py --root ~/datasets/fer2013/train --mode seed --model-yaml conf/model/lenet.yaml
+    python -m tools.reference_loop --root ~/datasets/fer2013/train --mode bare --model resnet18 --limit-batches 6
 """
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def yaml_model(path: str, num_classes: int, in_channels: int) -> nn.Module:
     from omegaconf import OmegaConf
 
     # The configs' targets are src.models.*: a clone that was not pip-installed finds them from its root.
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     return instantiate(OmegaConf.load(path), num_classes=num_classes, in_channels=in_channels)
 
 

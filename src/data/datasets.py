@@ -21,21 +21,15 @@ from pathlib import Path
 import torch
 
 from .. import registry
-from ..config import check_value
 from ..errors import ConfigError, DataError
+from ..value_checks import check_value, require
+from .cifar100 import CIFAR100_LABELS, read_cifar100
+from .decoding import read_folder, read_listed
+from .digits import read_digits
+from .fer2013_csv import read_fer2013_csv
 from .loader import DeviceLoader
 from .memory import device_budget_bytes
-from .sources import (
-    CIFAR100_LABELS,
-    SPLITS,
-    RawData,
-    Split,
-    read_cifar100,
-    read_digits,
-    read_fer2013_csv,
-    read_folder,
-    read_listed,
-)
+from .raw import SPLITS, RawData, Split
 from .splits import assign_folds, group_holdout, limit_per_class, stratified_holdout
 
 log = logging.getLogger(__name__)
@@ -71,7 +65,7 @@ class ImageData:
                  max_device_bytes: float | None = None, cache_dir: str | None = None, folds: int | None = None,
                  fold: int = 0, group_regex: str | None = None):
         folds_ok = folds is None or (type(folds) is int and folds >= 2)  # type(): not a bool, not a float
-        checks = [
+        for ok, key, value, rule in [
             (channels in (1, 3), "data.channels", channels, "must be 1 or 3"),
             (image_size >= 8, "data.image_size", image_size, "must be at least 8"),
             (batch_size >= 1, "data.batch_size", batch_size, "must be at least 1"),
@@ -89,10 +83,8 @@ class ImageData:
             (mean is None or len(mean) == channels, "data.mean", mean, f"needs one value per channel ({channels})"),
             (std is None or (len(std) == channels and all(s > 0 for s in std)), "data.std", std,
              f"needs one value > 0 per channel ({channels})"),
-        ]
-        for ok, key, value, rule in checks:
-            if not ok:
-                raise ConfigError(f"{key}={value} is invalid: it {rule}")
+        ]:
+            require(ok, key, value, rule)
         self.channels, self.image_size = channels, image_size
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_split, self.test_split, self.split_seed = val_split, test_split, split_seed
@@ -306,7 +298,7 @@ class ImageListData(ImageData):
 
 class FolderData(ImageListData):
     """root/{train,val,test}/<class>/<image> (val and test optional) or root/<class>/<image>: the folders are
-    the list (sources.read_folder scans them)."""
+    the list (decoding.read_folder scans them)."""
 
     def read(self) -> RawData:
         return read_folder(self.root, self.channels, self.image_size, self.cache_dir, self.on_bad_image)

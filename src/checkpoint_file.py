@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from .config import check_value
 from .errors import ConfigError, UserError
 from .fileio import NotRegularFileError, atomic_torch_save, open_regular
+from .value_checks import check_value
 
 FORMAT = 1
 

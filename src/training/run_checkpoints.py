@@ -2,7 +2,7 @@
 
 `FitState` is the selection state (best epoch and value, epochs without improvement, the per-epoch
 history). `RunCheckpoints` writes checkpoints/last.pt every epoch and best.pt when the monitored
-metric improves, and resumes a run from a checkpoint. A checkpoint (the file format: src/checkpoints.py)
+metric improves, and resumes a run from a checkpoint. A checkpoint (the file format: src/checkpoint_file.py)
 holds everything to go on exactly where the run stopped: model, optimizer, schedule, grad scaler, the
 EMA of the weights, every random stream (weight init and dropout, batch order, augmentation, mixing,
 CUDA), the selection state and, after Ctrl-C, the position in the interrupted epoch; and everything
@@ -22,12 +22,13 @@ import torch.nn as nn
 import yaml
 from omegaconf import DictConfig
 
-from ..checkpoints import load_checkpoint, save_checkpoint
-from ..config import check_arguments, config_differences
+from ..checkpoint_file import load_checkpoint, save_checkpoint
+from ..config import check_arguments
 from ..data.inputs import ModelInput
 from ..errors import ConfigError, UserError
 from ..fileio import read_text
 from ..runtime import distributed as ddp
+from .config_changes import config_differences
 from .ema import ModelEma
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ For the configured model, data, precision and batch size it measures, one after 
 - the runner's steady-state training images/s (the real Trainer, after warm-up batches);
 - a bare loop with the runner's precision and memory format (pre-normalized tensor, index gather,
   no augmentation): the compute ceiling, so runner / bare is the runner's own overhead;
-- the course-project loop and the fp32 bare loop of the reference loop (src/runtime/reference_loop.py,
+- the course-project loop and the fp32 bare loop of the reference loop (tools/reference_loop.py,
   `--mode seed` and `--mode bare`), when the data is a folder dataset;
 - decoding (first time, without cache) and loading from the cache;
 - the time from the command to the first training step (a real `python -m src.train` process);
@@ -30,15 +30,15 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from ..config import build
+from ..data.decoding import read_folder
 from ..data.inputs import ModelInput
-from ..data.sources import read_folder
-from ..evaluation.predictor import Predictor
 from ..fileio import atomic_write_json, atomic_write_text
-from ..training.checkpointing import RunCheckpoints
-from ..training.losses import make_criterion
-from ..training.trainer import Recipe
-from .devices import autocast, synchronize
-from .run_info import PROJECT_ROOT, device_name
+from ..inference.predictor import Predictor
+from ..runtime.devices import autocast, synchronize
+from ..runtime.run_info import PROJECT_ROOT, device_name
+from .losses import make_criterion
+from .run_checkpoints import RunCheckpoints
+from .trainer import Recipe
 
 log = logging.getLogger(__name__)
 

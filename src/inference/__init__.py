@@ -1,0 +1,1 @@
+"""Running a trained model on new inputs: predictors (TTA, ensembles), faces, photos, videos, export, saliency."""
