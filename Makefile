@@ -17,7 +17,7 @@ $(VENV)/.dev: $(VENV)/.base
 	$(PY) -m pip install -e '.[dev]'
 	touch $@
 
-train: $(VENV)/.base  ## quickstart: LeNet on scikit-learn's digits, 30 epochs (about 45 s on a 2-core CPU)
+train: $(VENV)/.base  ## quickstart: LeNet on scikit-learn's digits, 30 epochs (about 35 s on a 2-core CPU)
 	$(PY) -m src.train experiment=quickstart $(ARGS)
 
 # The default suite runs in one worker process per core (pytest-xdist): its tests use one thread each.

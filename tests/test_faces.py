@@ -98,7 +98,7 @@ FER2013_VAL = Path(os.environ.get("DATA_DIR", "data")) / "fer2013" / "val"
 @pytest.mark.skipif(not FER2013_VAL.is_dir(), reason="FER2013 is not in $DATA_DIR/fer2013")
 def test_group_photos_of_fer2013_faces():
     """Real dataset faces (FER2013's val split, 48x48 gray, tightly framed, some turned or covered) on 12
-    group photos: MTCNN finds 41 of their 45 faces (0.91; 0.88 on 200 photos of the test split, README)
+    group photos: MTCNN finds 41 of their 45 faces (0.91; 0.88 on 200 photos of the test split, docs/faces-and-demo.md)
     and nothing else."""
     from src.data.folders import find_images
     from src.inference.detector_comparison import compare

@@ -21,7 +21,7 @@ from tests.helpers import ROOT
 MODEL_DIR = ROOT / "conf" / "model"
 MODELS = sorted(p.stem for p in MODEL_DIR.glob("*.yaml"))
 
-# Parameters for num_classes=7, in_channels=1 (FER2013) with the CIFAR stem, as the README's model
+# Parameters for num_classes=7, in_channels=1 (FER2013) with the CIFAR stem, as docs/models.md's model
 # table documents them: a change to an architecture shows here.
 PARAMETERS = {
     "lenet": 61_451,
@@ -57,24 +57,24 @@ PARAMETERS = {
 
 # Keys a model config keeps at the class default: `python -m src.train model=NAME model.KEY=value` needs
 # KEY in the file (Hydra refuses to override a key the config lacks: "Key 'KEY' is not in struct").
-# Each is overridden by the README (Models), an experiment config, hparams_search=fer_optuna or a test.
-_EVERY_MODEL = {"dropout"}  # README: every model takes model.dropout; fer_optuna searches it
-_STRIDED_STEM = _EVERY_MODEL | {"stem"}  # README: model.stem=auto|cifar|imagenet; experiment=report003_cifar
-_RESNET = _STRIDED_STEM | {"stem_stride", "zero_init_residual"}  # README; experiment=fer2013_cpu (stem_stride)
+# Each is overridden by docs/models.md, an experiment config, hparams_search=fer_optuna or a test.
+_EVERY_MODEL = {"dropout"}  # docs/models.md: every model takes model.dropout; fer_optuna searches it
+_STRIDED_STEM = _EVERY_MODEL | {"stem"}  # docs/models.md: model.stem=auto|cifar|imagenet; experiment=report003_cifar
+_RESNET = _STRIDED_STEM | {"stem_stride", "zero_init_residual"}  # docs/models.md; experiment=fer2013_cpu (stem_stride)
 KEPT_FOR_OVERRIDES = {
     "lenet": _EVERY_MODEL,
     "alexnet": _STRIDED_STEM,
-    "googlenet": _STRIDED_STEM | {"aux_heads", "aux_weight"},  # README: model.aux_heads, model.aux_weight
+    "googlenet": _STRIDED_STEM | {"aux_heads", "aux_weight"},  # docs/models.md: model.aux_heads, model.aux_weight
     **dict.fromkeys(["vgg11", "vgg13", "vgg16", "vgg19"],
-                    _EVERY_MODEL | {"depth", "pool_size", "classifier_width"}),  # README: model.depth, the head
+                    _EVERY_MODEL | {"depth", "pool_size", "classifier_width"}),  # docs/models.md: model.depth, the head
     "resnet18": _RESNET | {"layers", "widths"},  # widths: experiment=fer2013_cpu; layers: tests/test_trust.py
     "resnet10_cpu": _RESNET,
     **dict.fromkeys(["resnet34", "resnet50", "resnext3", "resnext4", "resnext5", "se_resnext3", "resnext29_32x4d",
                      "shake_shake26_2x32d"], _RESNET),
-    **dict.fromkeys(["wrn16_8", "wrn28_10"], _RESNET | {"block_dropout"}),  # README: model.block_dropout
+    **dict.fromkeys(["wrn16_8", "wrn28_10"], _RESNET | {"block_dropout"}),  # docs/models.md: model.block_dropout
     **dict.fromkeys(["tv_resnet18", "tv_resnet50", "tv_resnext50_32x4d", "tv_wide_resnet50_2", "tv_densenet121"],
-                    _STRIDED_STEM | {"pretrained"}),  # README: model.pretrained=true
-    "timm": _EVERY_MODEL | {"pretrained"},  # README: model=timm model.name=... model.pretrained=true
+                    _STRIDED_STEM | {"pretrained"}),  # docs/models.md: model.pretrained=true
+    "timm": _EVERY_MODEL | {"pretrained"},  # docs/models.md: model=timm model.name=... model.pretrained=true
     **dict.fromkeys(["timm_convnext_atto", "timm_mobilenetv3_small", "timm_regnetx_002", "timm_vit_tiny"],
                     _EVERY_MODEL),
 }

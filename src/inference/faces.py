@@ -8,7 +8,7 @@ the `faces` extra (`pip install -e '.[faces]'`):
 - `haar`: OpenCV's Viola-Jones cascade (haarcascade_frontalface_default.xml, in the opencv wheel). About
   as fast on a CPU, but it misses turned and tilted faces and fires on face-like texture more often.
 
-README, "Faces in photos and videos", has the comparison (recall, false detections and time on group
+docs/faces-and-demo.md has the comparison (recall, false detections and time on group
 photos built from FER2013 test faces) that made mtcnn the default.
 
 A face is cropped as a square around its box, `margin` of the box's side added on every side (FER2013's

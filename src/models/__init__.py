@@ -11,6 +11,9 @@ Each `conf/model/NAME.yaml` instantiates standalone:
     resnet.py, blocks.py   ResNet-18/34/50, ResNeXt (+SE), Wide-ResNet, Shake-Shake: one class
     torchvision_models.py  torchvision backbones with optional ImageNet weights (transfer learning)
     timm_models.py         any of timm's models (the timm extra), with optional pretrained weights
+
+"Report 000" ... "report 004" in this package are the five course-project reports whose recipes the
+`experiment=report00N_*` configs repeat (not in this repository; docs/models.md says what each one is).
 """
 import torch.nn as nn
 

@@ -1,4 +1,4 @@
-"""`python -m src.models` (`fer-models`): a Markdown table of every model config, as the README shows it,
+"""`python -m src.models` (`fer-models`): a Markdown table of every model config, as docs/models.md shows it,
 then the model classes registered from outside the runner (plugins, installed packages).
 
 Parameters and size are for 7 classes and 1 input channel (FER2013); MFLOPs are one image's forward

@@ -1,7 +1,8 @@
 """torchvision backbones, optionally with ImageNet weights, for transfer learning on small images.
 
-Course report 003 fine-tunes torchvision's ResNet/ResNeXt/Wide-ResNet/DenseNet with ImageNet weights on
-CIFAR-100. `TorchvisionNet` wraps `torchvision.models.get_model` and adapts the network to this runner:
+Course report 003 (the course reports: src/models/__init__.py) fine-tunes torchvision's ResNet/ResNeXt/
+Wide-ResNet/DenseNet with ImageNet weights on CIFAR-100. `TorchvisionNet` wraps `torchvision.models.get_model`
+and adapts the network to this runner:
 
 - the first conv takes `in_channels`: for gray input with pretrained weights its kernel is the sum of the
   RGB kernels, so a gray image gets the response the RGB image with three equal channels would get;

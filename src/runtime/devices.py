@@ -107,7 +107,7 @@ def fused_on_cuda(optimizer, device: torch.device) -> dict:
     """{"fused": True} when on CUDA the optimizer has a fused kernel and the config did not choose (neither
     fused nor foreach):
     one kernel for all parameters instead of several per tensor. On CPU the fused kernels gave no
-    measurable gain (see README, Performance), so the default implementation stays."""
+    measurable gain (see docs/performance.md), so the default implementation stays."""
     func = getattr(optimizer, "func", optimizer)
     chosen = getattr(optimizer, "keywords", {})
     # fused and foreach exclude each other: a config that chose either keeps its choice
