@@ -71,12 +71,17 @@ def test_short_phases_and_interval_zero_print_nothing(monkeypatch, caplog):
     assert messages(caplog, "src.progress") == []
 
 
+def run_phase(steps: int) -> None:
+    """A phase of `steps` updates, with a line or a refresh due at every one."""
+    with Progress(steps, "phase", every_s=1e-9) as p:
+        for _ in range(steps):
+            p.update(1)
+
+
 def test_a_terminal_gets_a_bar_and_no_lines(monkeypatch, caplog):
     terminal = console(monkeypatch, stdout=True, stderr=True)
     caplog.set_level(logging.INFO)
-    with Progress(10, "phase", every_s=1e-9) as p:
-        for _ in range(10):
-            p.update(1)
+    run_phase(10)
     assert "phase: " in terminal.getvalue() and "/10 [" in terminal.getvalue()  # tqdm's bar
     assert messages(caplog, "src.progress") == []
 
@@ -85,9 +90,7 @@ def test_a_terminal_with_its_stdout_piped_gets_lines_not_a_bar(monkeypatch, capl
     """`python -m src.train | tee log`: what tee writes to the file (stdout) must show progress."""
     terminal = console(monkeypatch, stdout=False, stderr=True)
     caplog.set_level(logging.INFO)
-    with Progress(4, "phase", every_s=1e-9) as p:
-        for _ in range(4):
-            p.update(1)
+    run_phase(4)
     assert terminal.getvalue() == ""
     assert len(messages(caplog, "src.progress")) == 4
 
