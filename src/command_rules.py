@@ -4,13 +4,14 @@ that build a piece early so that what it refuses stops the run before the data i
 device, optimizer on one parameter)."""
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from .config import build, plain_value
+from .config import build, check_node, plain_value
 from .data.inputs import TTA_MODES
 from .errors import ConfigError
 from .progress import LOG_EVERY_S_RULE
@@ -39,6 +40,18 @@ TRAIN_RULES: list[Rule] = [
     ("loss.class_weights", str | list[float] | None, lambda v: v == "balanced" if isinstance(v, str) else
      all(w >= 0 for w in v), "null, balanced or a list of one weight (>= 0) per class"),
     *_TTA,
+]
+BENCH_RULES: list[Rule] = [  # src.bench: a training config and the bench node (conf/bench.yaml)
+    *TRAIN_RULES,
+    ("bench.batches", int, lambda v: v >= 1, "at least 1"),
+    ("bench.warmup", int, lambda v: v >= 0, ">= 0"),
+    ("bench.reference", str | None, None, ""),
+    ("bench.reference_modes", list[str], lambda v: set(v) <= {"seed", "bare"}, "a list of seed and bare"),
+    ("bench.decode", bool, None, ""),
+    ("bench.startup", bool, None, ""),
+    ("bench.eval", bool, None, ""),
+    ("bench.eval_images", int, lambda v: v >= 1, "at least 1"),
+    ("bench.augment", bool, None, ""),
 ]
 EVAL_RULES: list[Rule] = [
     ("ckpt_path", _CKPT_PATHS, None, ""),
@@ -83,14 +96,65 @@ EXPORT_RULES: list[Rule] = [
 ]
 
 
+# Keys of a command's config that no rule table lists and no constructor checks, read all the same: `plugins`
+# (the modules entry.run_or_exit imports first), and two open namespaces: `paths` (folders that other keys
+# interpolate, ${paths.data_dir}: a user may add their own) and `hydra` (Hydra's node, which Hydra checks).
+_READ_BY_THE_ENTRY = ("plugins",)
+_OPEN_NAMESPACES = ("paths", "hydra")
+
+
 def check_values(cfg: DictConfig, rules: list[Rule]) -> None:
-    """Checks the keys of `rules` in cfg (a missing key is null)."""
+    """Checks that every value of cfg resolves, that cfg holds no key the command does not read
+    (`check_known_keys`), then the keys of `rules` (a missing key is null)."""
+    plain_value(cfg, "the config")  # every interpolation resolves: no loop, no unset environment variable
+    check_known_keys(cfg, rules)
     for key, hint, rule, rule_text in rules:
         try:
             node = OmegaConf.select(cfg, key, throw_on_missing=True)
         except MissingMandatoryValue:
             raise ConfigError(f"{key} is not set: pass {key}=...") from None
         check_value(key, plain_value(node, key), hint, rule, rule_text)
+
+
+def check_known_keys(cfg: DictConfig, rules: list[Rule]) -> None:
+    """Every key of cfg is one the command reads: a key of its rule table, a setting of the class a node with a
+    `_target_` builds (config.check_node), or one of the few read elsewhere. A misspelt key, from the command
+    line, an experiment or a --config-dir file, would otherwise be carried along and ignored: the run would
+    train without the setting its author believes it has."""
+    tree = OmegaConf.to_container(cfg, resolve=False)  # the keys only: nothing is resolved yet
+    built = [str(top) for top, value in tree.items() if isinstance(value, dict) and "_target_" in value]
+    known = [rule[0] for rule in rules] + [*_READ_BY_THE_ENTRY, *_OPEN_NAMESPACES, *built]
+    for top, value in tree.items():
+        if top in _OPEN_NAMESPACES:
+            continue
+        if top in built:
+            check_node(cfg[top])
+            continue
+        for path in _leaf_keys(str(top), value):
+            if not any(path == k or path.startswith(k + ".") or k.startswith(path + ".") for k in known):
+                raise ConfigError(f"{path} is not a setting this command reads{_closest(path, known)}")
+
+
+def _leaf_keys(prefix: str, value: Any):
+    if isinstance(value, dict) and value:
+        for key, item in value.items():
+            yield from _leaf_keys(f"{prefix}.{key}", item)
+    else:
+        yield prefix
+
+
+def _closest(path: str, known: list[str]) -> str:
+    """` (did you mean trainer.max_epochs?)` for `trainr.max_epochs`: the first part of the path that no known key
+    has, replaced by the closest one that is there."""
+    parts = path.split(".")
+    candidates = [k.split(".") for k in known]
+    for depth in range(1, len(parts) + 1):
+        here = {".".join(c[:depth]) for c in candidates if len(c) >= depth and c[:depth - 1] == parts[:depth - 1]}
+        prefix = ".".join(parts[:depth])
+        if prefix not in here:
+            close = difflib.get_close_matches(prefix, sorted(here), n=1, cutoff=0.6)
+            return f" (did you mean {'.'.join([close[0], *parts[depth:]])}?)" if close else ""
+    return ""
 
 
 def check_loss_config(loss_cfg: DictConfig) -> None:

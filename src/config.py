@@ -16,6 +16,7 @@ Two kinds of config reach the runner:
 """
 from __future__ import annotations
 
+import difflib
 import inspect
 import typing
 from collections.abc import Callable, Mapping
@@ -28,7 +29,7 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from . import registry
 from .errors import ConfigError, UserError
-from .value_checks import check_value
+from .value_checks import check_value, matches
 
 # -- constructor arguments --------------------------------------------------------------------------------
 
@@ -96,8 +97,12 @@ def check_arguments(target: Callable, kwargs: Mapping[str, Any], key: str) -> No
         if arg not in accepted:
             if open_ended:
                 continue
-            raise ConfigError(f"{key}.{arg} is not a setting of {name} (its settings: "
+            close = difflib.get_close_matches(arg, list(accepted), n=1)
+            hint = f"did you mean {key}.{close[0]}? " if close else ""
+            raise ConfigError(f"{key}.{arg} is not a setting of {name} ({hint}its settings: "
                               f"{', '.join(accepted) or 'none'})")
+        if value is None and not matches(None, accepted[arg]):  # `root: null  # required` in a shipped config
+            raise ConfigError(f"{key}.{arg} is not set: pass {key}.{arg}=...")
         check_value(f"{key}.{arg}", value, accepted[arg])
 
 
@@ -110,8 +115,9 @@ def plain_value(node: DictConfig | ListConfig | Any, key: str) -> Any:
     except MissingMandatoryValue as exc:
         missing = exc.full_key or key
         raise ConfigError(f"{missing} is not set: pass {missing}=...") from None
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"{key} cannot be resolved: {str(exc).splitlines()[0]}") from None
+    except OmegaConfBaseException as exc:  # an interpolation loop, an unset ${oc.env:...}, a missing key
+        raise ConfigError(f"{getattr(exc, 'full_key', None) or key} cannot be resolved: "
+                          f"{str(exc).splitlines()[0]}") from None
 
 
 def _config_key(node: DictConfig) -> str:
@@ -122,10 +128,10 @@ def _config_key(node: DictConfig) -> str:
         return "config"
 
 
-def build(node: DictConfig, **kwargs):
-    """hydra.utils.instantiate for the user's own config nodes, after their keys are checked against the
-    target's constructor (`check_arguments`). A UserError raised by a constructor reaches the user as
-    itself; any other failure of Hydra's becomes a ConfigError naming the node."""
+def check_node(node: DictConfig) -> None:
+    """The checks `build` makes before it builds: the target exists, and every key is one of its settings, of
+    the annotated type. The commands run it on every node with a `_target_` before any work, also on nodes
+    built late (the logger) or not at all (a fast_dev_run's logger)."""
     key = _config_key(node)
     plain = plain_value(node, key)
     target_name = plain.get("_target_")
@@ -134,6 +140,14 @@ def build(node: DictConfig, **kwargs):
     except Exception as exc:  # noqa: BLE001 - Hydra raises ImportError, ValueError or its own types
         raise ConfigError(f"{key}._target_={target_name} cannot be found: {str(exc).splitlines()[0]}") from None
     check_arguments(target, {k: v for k, v in plain.items() if not k.startswith("_")}, key)
+
+
+def build(node: DictConfig, **kwargs):
+    """hydra.utils.instantiate for the user's own config nodes, after their keys are checked against the
+    target's constructor (`check_node`). A UserError raised by a constructor reaches the user as
+    itself; any other failure of Hydra's becomes a ConfigError naming the node."""
+    key = _config_key(node)
+    check_node(node)
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as exc:

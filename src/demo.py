@@ -15,7 +15,7 @@ import hydra
 from omegaconf import DictConfig
 
 from .command_rules import DEMO_RULES, check_values
-from .entry import CONFIG_DIR, run_or_exit
+from .entry import CONFIG_DIR, hydra_command, run_or_exit
 from .errors import UserError
 
 log = logging.getLogger("src.demo")
@@ -119,5 +119,7 @@ def main(cfg: DictConfig) -> None:
     run_or_exit(lambda: launch(cfg), log, plugins=cfg.plugins)
 
 
+cli = hydra_command(main)  # `python -m src.demo` and the `fer-demo` command
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -10,7 +10,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from .entry import CONFIG_DIR, discard_if_empty, run_or_exit
+from .entry import CONFIG_DIR, discard_if_empty, hydra_command, run_or_exit
 from .evaluation.split_evaluation import run_evaluation
 
 log = logging.getLogger("src.evaluate")
@@ -23,5 +23,7 @@ def main(cfg: DictConfig) -> None:
     log.info("Results in %s", run_dir)
 
 
+cli = hydra_command(main)  # `python -m src.evaluate` and the `fer-evaluate` command
+
 if __name__ == "__main__":
-    main()
+    cli()

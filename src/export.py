@@ -11,7 +11,7 @@ import hydra
 from omegaconf import DictConfig
 
 from .command_rules import EXPORT_RULES, check_values
-from .entry import CONFIG_DIR, run_or_exit
+from .entry import CONFIG_DIR, hydra_command, run_or_exit
 from .inference.model_export import export_checkpoint
 
 log = logging.getLogger("src.export")
@@ -26,5 +26,7 @@ def main(cfg: DictConfig) -> None:
     run_or_exit(export, log, plugins=cfg.plugins)
 
 
+cli = hydra_command(main)  # `python -m src.export` and the `fer-export` command
+
 if __name__ == "__main__":
-    main()
+    cli()

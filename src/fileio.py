@@ -18,6 +18,8 @@ from typing import IO
 
 import torch
 
+from .errors import UserError
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -85,3 +87,27 @@ def atomic_write_json(obj, path: str | os.PathLike) -> None:
 
 def atomic_write_text(text: str, path: str | os.PathLike) -> None:
     _atomic_write(path, "w", lambda f: f.write(text))
+
+
+def check_writable_folder(folder: str | os.PathLike, key: str) -> Path:
+    """Creates `folder` (and its parents) and checks that this user can write into it; otherwise a UserError
+    names the key, the folder and why (a file is there, a read-only file system, no permission), before any
+    work is done rather than as a traceback from the first file written into it."""
+    folder = Path(folder).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UserError(f"{key}={folder} cannot be used as a folder: a file is there") from None
+    except OSError as exc:
+        raise UserError(f"{key}={folder} cannot be created: {exc.strerror or exc}") from None
+    # os.access answers for this user and sees read-only mounts (EROFS); a file written and removed settles
+    # what access() cannot know (some network and FUSE file systems).
+    try:
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-check.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UserError(f"{key}={folder} cannot be written: {exc.strerror or exc}") from None
+    return folder

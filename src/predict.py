@@ -10,7 +10,7 @@ import logging
 import hydra
 from omegaconf import DictConfig
 
-from .entry import CONFIG_DIR, run_or_exit
+from .entry import CONFIG_DIR, hydra_command, run_or_exit
 from .inference.image_prediction import predict_images
 
 log = logging.getLogger("src.predict")
@@ -21,5 +21,7 @@ def main(cfg: DictConfig) -> None:
     run_or_exit(lambda: predict_images(cfg), log, plugins=cfg.plugins)
 
 
+cli = hydra_command(main)  # `python -m src.predict` and the `fer-predict` command
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from .errors import UserError
+from .fileio import check_writable_folder
 from .reporting.comparison import write_comparison
 from .reporting.documents import insert_into_document
 from .reporting.run_names import collect_runs
@@ -61,10 +62,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--time-to takes accuracies between 0 and 1 (0.65, not 65)")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        runs = collect_runs(args.paths)
         single_sweep = len(args.paths) == 1 and (Path(args.paths[0]) / "jobs.jsonl").is_file()
         out = Path(args.out or (args.paths[0] if single_sweep else
                                 Path("outputs/reports") / time.strftime("%Y-%m-%d_%H-%M-%S")))
+        check_writable_folder(out, "--out")
+        runs = collect_runs(args.paths)
         if args.keep_runs:
             log.info("Run records kept in %s", keep_run_records(runs, out))
         markdown = write_comparison(runs, out, plots=not args.no_plots, targets=args.time_to)

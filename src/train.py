@@ -12,9 +12,9 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from .entry import CONFIG_DIR, discard_if_empty, run_or_exit
+from .entry import CONFIG_DIR, check_config_files, discard_if_empty, run_or_exit
 from .runtime import distributed
 from .runtime.sweep_jobs import cpu_threads_for_sweep_job, gpu_for_sweep_job
 from .training.experiment import train
@@ -52,11 +52,14 @@ def _train_or_skip(cfg: DictConfig, run_dir: str, hydra_cfg) -> dict:
             return done
         if cfg.resume:
             log.info("Job %s was interrupted: resuming from %s/checkpoints/last.pt", hydra_cfg.job.num, run_dir)
-    return train(cfg, run_dir, dict(hydra_cfg.runtime.choices), list(hydra_cfg.overrides.task))
+    # The overrides as typed: `data.root=${paths.data_dir}/x` is text here, not an interpolation to resolve.
+    overrides = OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False)
+    return train(cfg, run_dir, dict(hydra_cfg.runtime.choices), overrides)
 
 
 def cli() -> None:
     """`python -m src.train` and the `fer-train` command."""
+    check_config_files(sys.argv[1:])
     if distributed.launched_rank() > 0:
         # torchrun's other processes share rank 0's run directory (see entry.py): rank 0 alone writes
         # its .hydra/ (the composed config and the overrides).

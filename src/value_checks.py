@@ -91,9 +91,30 @@ def show(value: Any) -> str:
     return str(value)
 
 
+INT64 = (-2**63, 2**63 - 1)
+# The largest image side the runner decodes to, for a config (data.image_size) and a checkpoint (its meta) alike:
+# one 4096x4096 RGB image is 50 MB decoded; past that a dataset or a batch no longer fits any machine's memory.
+MAX_IMAGE_SIZE = 4096
+
+
+def _outside_int64(value: Any) -> bool:
+    """Whether an integer of `value` (or of its lists and mappings) does not fit 64 bits: torch, numpy and the
+    random generators take nothing larger, and would fail with an overflow deep inside."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return not INT64[0] <= value <= INT64[1]
+    if isinstance(value, list | tuple):
+        return any(_outside_int64(v) for v in value)
+    if isinstance(value, dict):
+        return any(_outside_int64(v) for v in value.values())
+    return False
+
+
 def check_value(key: str, value: Any, hint: Any, rule: Callable[[Any], bool] | None = None,
                 rule_text: str = "") -> None:
     """Raises ConfigError `key=value is invalid: it must be ...` when value does not fit hint (or rule)."""
+    if _outside_int64(value):
+        raise ConfigError(f"{key}={show(value)} is invalid: its integers must fit 64 bits "
+                          f"(from {INT64[0]} to {INT64[1]})")
     if not matches(value, hint):
         number = isinstance(value, int | float) and not isinstance(value, bool)
         quote = (f" (Hydra read {show(value)} as a number; quote it to pass text: {key}='{show(value)}')"

@@ -152,3 +152,16 @@ def write_blank_png(path: Path, width: int, height: int, complete: bool = True) 
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", data)
                      + _png_chunk(b"IEND", b""))
     return path
+
+
+def tiny_trained_checkpoint(folder: Path) -> dict:
+    """A tiny real training in `folder` (LeNet, one epoch on a synthetic 3-class folder): its dataset root, cache,
+    best.pt and that checkpoint's content, for tests that change a real checkpoint."""
+    import torch
+
+    from src.training import experiment
+
+    root = write_dataset(folder / "data", splits={"train": 8, "val": 2, "test": 3})
+    experiment.train(compose_train(fast_overrides(root, folder / "cache")), folder / "run")
+    ckpt = folder / "run" / "checkpoints" / "best.pt"
+    return {"root": root, "cache": folder / "cache", "ckpt": ckpt, "content": torch.load(ckpt, weights_only=True)}

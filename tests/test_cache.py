@@ -16,6 +16,7 @@ from PIL import Image
 import src.data.cache as cache_module
 import src.data.decoding as decoding
 import src.data.fer2013_csv as fer2013_csv
+import src.data.freshness as freshness
 from src.data import FolderData
 from src.errors import BadImageError
 from tests.helpers import read_fer, write_fer_csv
@@ -75,14 +76,18 @@ def test_without_cache_dir_nothing_is_cached(dataset, cache_dir, decode_calls):
     assert not cache_dir.exists()
 
 
-def test_touching_a_file_re_decodes(dataset, cache_dir, decode_calls):
+def test_touching_a_file_checks_its_content_and_keeps_its_pixels(dataset, cache_dir, decode_calls, monkeypatch, caplog):
+    """More cases, through the command line too: tests/test_cache_freshness.py."""
+    monkeypatch.setattr(freshness, "MIN_AGE_NS", 0)  # the files were just written: record their signatures
     first = snapshot(read(dataset, cache_dir))
     path = dataset / "middle" / "img_001.png"
     st = path.stat()
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
     decode_calls.clear()
-    assert same(snapshot(read(dataset, cache_dir)), first)  # same pixels, but decoded again to be sure
-    assert str(path) in decode_calls
+    with caplog.at_level(logging.INFO, logger="src.data"):
+        assert same(snapshot(read(dataset, cache_dir)), first)
+    assert decode_calls == []  # hashed, the same content: not decoded again
+    assert "Checked 1 of 12 files" in caplog.text and "0 changed, 1 the same" in caplog.text
 
 
 def test_modifying_a_file_re_decodes_and_serves_the_new_pixels(dataset, cache_dir, decode_calls):
@@ -298,6 +303,7 @@ def test_a_decode_in_parts_on_several_processes_equals_one_in_one_go(tmp_path, m
 def test_an_interrupted_decode_goes_on_from_its_parts_and_ends_the_same(tmp_path, monkeypatch, caplog):
     root = _folder(tmp_path)
     monkeypatch.setattr(decoding, "DECODE_PART", 16)
+    monkeypatch.setattr(freshness, "MIN_AGE_NS", 0)  # signatures recorded however soon after writing: entries equal
     monkeypatch.setattr(cache_module, "RAW_MIN_BYTES", 1024)  # decoded into the raw file, as a large dataset is
     monkeypatch.setattr(os, "cpu_count", lambda: 1)  # in this process, so that the interruption can be placed
     reference = decoding.read_folder(root, 1, 24, str(tmp_path / "reference"), on_bad_image="skip")
@@ -337,7 +343,7 @@ def test_an_interrupted_decode_goes_on_from_its_parts_and_ends_the_same(tmp_path
     entry, = (tmp_path / "cache").glob("*.pt")
     assert hashlib.sha256(entry.read_bytes()).digest() == hashlib.sha256(
         next((tmp_path / "reference").glob("*.pt")).read_bytes()).digest()
-    assert partial.with_suffix("").read_bytes() == next((tmp_path / "reference").glob("*.raw")).read_bytes()
+    assert partial.with_suffix("").read_bytes() == next((tmp_path / "reference").glob("*.images.raw")).read_bytes()
     assert not partial.exists() and not parts_dir.exists()
 
 
@@ -354,8 +360,9 @@ def test_the_decode_worker_uses_no_torch(tmp_path, monkeypatch):
     paths = sorted(str(p) for p in (root / "middle").iterdir())[:5]
     monkeypatch.setattr(decoding, "torch", NoTorch())
     monkeypatch.setattr(images_module, "torch", NoTorch())
-    decoded, bad = decoding._decode_part(paths, 10, 1, 24)
+    decoded, bad, record = decoding._decode_part(paths, 10, 1, 24)
     assert decoded.shape == (5, 24, 24, 1) and decoded.dtype == np.uint8 and bad == []
+    assert record["digests"].shape == (5, freshness.DIGEST_BYTES) and record["signatures"].shape == (5,)
 
 
 # -- the pixels memory-mapped from a raw file ------------------------------------------------------------------
@@ -434,7 +441,13 @@ def test_a_checked_raw_file_is_not_read_again_until_it_changes(tmp_path, monkeyp
     (raw,) = (tmp_path / "cache").glob("*.images.raw")
     hashed = []
     real = hashlib.file_digest
-    monkeypatch.setattr(hashlib, "file_digest", lambda f, name: hashed.append(f.name) or real(f, name))
+
+    def file_digest(f, name):
+        if os.readlink(f"/proc/self/fd/{f.fileno()}") == str(raw):  # the pixels' raw file, not the record's
+            hashed.append(raw)
+        return real(f, name)
+
+    monkeypatch.setattr(hashlib, "file_digest", file_digest)
 
     def load() -> torch.Tensor:
         return decoding.read_folder(root, 1, 24, str(tmp_path / "cache")).splits["train"].images

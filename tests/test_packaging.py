@@ -14,6 +14,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from tests.helpers import ROOT
 
@@ -70,13 +71,14 @@ def test_the_installed_commands_work_from_any_folder(wheel, tmp_path):
         return subprocess.run([sys.executable, "-c", code, *args], cwd=work, env=env, capture_output=True,
                               text=True, timeout=300)
 
-    trained = run("src.train:cli", "experiment=quickstart", "trainer.max_epochs=1", "logger=none")
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    trained = run(scripts["fer-train"], "experiment=quickstart", "trainer.max_epochs=1", "logger=none")
     assert trained.returncode == 0, trained.stderr[-3000:]
     (run_dir,) = (work / "outputs" / "runs").iterdir()
     where = subprocess.run([sys.executable, "-c", "import src.entry; print(src.entry.CONFIG_DIR)"], cwd=work,
                            env=env, capture_output=True, text=True, timeout=60).stdout.strip()
     assert where == str(site / "src" / "conf")  # the installed copy of the configs
-    evaluated = run("src.evaluate:main", f"ckpt_path={run_dir.relative_to(work)}")
+    evaluated = run(scripts["fer-evaluate"], f"ckpt_path={run_dir.relative_to(work)}")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
 
     (eval_dir,) = (work / "outputs" / "eval").iterdir()

@@ -36,7 +36,16 @@ from src.errors import BadImageError, ConfigError, DataError, UserError
 from src.inference.model_export import export_checkpoint
 from src.inference.predictor import load_model
 from src.reporting.run_names import collect_runs
-from tests.helpers import ROOT, compose_train, fast_overrides, quote, read_fer, write_dataset, write_fer_csv
+from tests.helpers import (
+    ROOT,
+    compose_train,
+    fast_overrides,
+    quote,
+    read_fer,
+    tiny_trained_checkpoint,
+    write_dataset,
+    write_fer_csv,
+)
 from tests.test_cifar100 import make as read_cifar
 from tests.test_cifar100 import write_release
 
@@ -101,12 +110,7 @@ def fails_after(seconds: float):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict:
-    tmp = tmp_path_factory.mktemp("trust")
-    root = write_dataset(tmp / "data", splits={"train": 8, "val": 2, "test": 3})
-    experiment.train(compose_train(fast_overrides(root, tmp / "cache")), tmp / "run")
-    ckpt = tmp / "run" / "checkpoints" / "best.pt"
-    return {"root": root, "cache": tmp / "cache", "ckpt": ckpt,
-            "content": torch.load(ckpt, weights_only=True)}
+    return tiny_trained_checkpoint(tmp_path_factory.mktemp("trust"))
 
 
 def crafted(trained: dict, path: Path, change) -> Path:

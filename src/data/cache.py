@@ -1,8 +1,10 @@
 """The decode-once cache: a decoded dataset stored as one file, keyed by everything that shapes it.
 
-The key hashes the file list with sizes and modification times plus the decode settings, so a
-changed, added or removed image (or another image_size/channels) gives another key: a changed
-dataset is never served stale.
+The key hashes the file list (names, splits, labels) and the decode settings: an added, removed or renamed
+image (or another image_size/channels) gives another key. The entry records, for each file, the signature of
+its stat and the digest of the bytes decoded, and the reader checks them on every load (freshness.py): a file
+changed in place (even with its size and modification time restored) is found and decoded again, a file
+touched or extracted again with the same content keeps its pixels.
 
 Everything an entry serves (pixels, labels, file names, the list of unreadable files) is covered by an
 HMAC-SHA256 under a secret key of this user (`cache_secret_file()`, created on first use). A damaged
@@ -35,7 +37,7 @@ log = logging.getLogger(__name__)
 
 # Bump when the decoding itself changes (resampling filter, mode conversion, EXIF orientation), to
 # invalidate old caches.
-CACHE_FORMAT = 3
+CACHE_FORMAT = 4  # 4: keyed by the file list only, each file's signature and digest in the entry
 
 
 def cache_key(*parts) -> str:
@@ -201,6 +203,7 @@ class DecodeCache:
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")[-60:] or "dataset"
         self.path = Path(cache_dir).expanduser() / f"{slug}-{key[:24]}.pt" if cache_dir is not None else None
         self._buffers: dict[str, torch.Tensor] = {}  # name -> the decode_buffer tensor mapped from its .partial
+        self._loaded_raw: dict[str, dict] = {}  # name -> the description of its raw file, of the entry loaded
 
     def load(self) -> dict | None:
         data = self._read(self.path, self.key) if self.path is not None and self.path.exists() else None
@@ -219,6 +222,8 @@ class DecodeCache:
                     and hmac.compare_digest(entry["digest"], _digest(key, data))):
                 raw = data.pop(RAW_KEY, {})
                 mapped = {name: _map_raw(path.with_name(info["file"]), info) for name, info in raw.items()}
+                if path == self.path:
+                    self._loaded_raw = raw
                 return data | mapped if all(tensor is not None for tensor in mapped.values()) else None
             if not quiet:
                 log.warning("Cache file %s fails its integrity check (damaged, edited, or not written by this "
@@ -231,19 +236,21 @@ class DecodeCache:
     def _raw_path(self, name: str) -> Path:
         return self.path.with_name(f"{self.path.stem}.{name}.raw")
 
-    def _write(self, path: Path, key: str, data: dict) -> bool:
+    def _write(self, path: Path, key: str, data: dict, unchanged: tuple[str, ...] = ()) -> bool:
         """The entry: tensors of RAW_MIN_BYTES or more (and those decoded into a decode_buffer) each as a raw
         file beside it (<entry>.<name>.raw, named with their shape, dtype and SHA-256 in the entry), the rest in
-        the entry, all under its HMAC."""
+        the entry, all under its HMAC. The tensors named in `unchanged` that were loaded from a raw file keep it
+        as it is (described as loaded): only the entry is written."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            raw = {name: value for name, value in data.items() if isinstance(value, torch.Tensor)
+            kept = {name: self._loaded_raw[name] for name in unchanged if name in self._loaded_raw}
+            raw = {name: value for name, value in data.items() if isinstance(value, torch.Tensor) and name not in kept
                    and (value.nbytes >= RAW_MIN_BYTES or self._buffers.get(name) is value)
                    and str(value.dtype) in RAW_DTYPES}
-            described = {name: self._finish_buffer(name) if self._buffers.get(name) is tensor
-                         else _write_raw(path.with_name(f"{path.stem}.{name}.raw"), tensor)
-                         for name, tensor in raw.items()}
-            stored = {k: v for k, v in data.items() if k not in raw} | ({RAW_KEY: described} if described else {})
+            described = kept | {name: self._finish_buffer(name) if self._buffers.get(name) is tensor
+                                else _write_raw(path.with_name(f"{path.stem}.{name}.raw"), tensor)
+                                for name, tensor in raw.items()}
+            stored = {k: v for k, v in data.items() if k not in described} | ({RAW_KEY: described} if described else {})
             atomic_torch_save({"format": CACHE_FORMAT, "key": key, "digest": _digest(key, stored), "data": stored},
                               path)
             return True
@@ -252,11 +259,16 @@ class DecodeCache:
                         exc.strerror or exc)
             return False
 
-    def save(self, data: dict) -> None:
+    def save(self, data: dict, unchanged: tuple[str, ...] = ()) -> None:
         """Stores `data`. A tensor decoded into a decode_buffer is not copied: its .partial file becomes the
-        entry's raw file, and data[name] is mapped from that file copy-on-write, like a loaded entry."""
-        if self.path is not None and self._write(self.path, self.key, data):
-            log.info("Decoded %s and cached it at %s", self.name, self.path)
+        entry's raw file, and data[name] is mapped from that file copy-on-write, like a loaded entry. `unchanged`
+        names the tensors of the entry loaded that are still as loaded (their raw files are kept, not written):
+        a record updated without new pixels costs the entry only, not the dataset's size."""
+        if self.path is not None and self._write(self.path, self.key, data, unchanged):
+            if unchanged:
+                log.debug("Updated the record of %s in %s", self.name, self.path)
+            else:
+                log.info("Decoded %s and cached it at %s", self.name, self.path)
             for name, tensor in list(self._buffers.items()):
                 if data.get(name) is tensor:
                     data[name] = _map_file(self._raw_path(name), tensor.numpy().dtype, tuple(tensor.shape), "c")
@@ -306,21 +318,23 @@ class DecodeCache:
         os.replace(raw.with_suffix(".raw.partial"), raw)
         return info
 
-    def part_done(self, index: int, part: torch.Tensor) -> list | None:
-        """The unreadable images ([index, error] pairs) of part `index` of an interrupted decode when it was
-        finished and `part` (its rows of the decode_buffer) still holds what was decoded; else None. Only a
-        decode into the raw file can go on (one in memory is under RAW_MIN_BYTES, or has no cache folder)."""
+    def part_done(self, index: int, part: torch.Tensor) -> dict | None:
+        """What mark_part_done recorded for part `index` of an interrupted decode (its unreadable images and its
+        files' record) when it was finished and `part` (its rows of the decode_buffer) still holds what was
+        decoded; else None. Only a decode into the raw file can go on (one in memory is under RAW_MIN_BYTES, or
+        has no cache folder)."""
         if not self._buffers:
             return None
         marker = self.load_part(index)
-        if marker is None or marker.get("sha256") != _sha256(part.numpy()):
+        if marker is None or marker.pop("sha256", None) != _sha256(part.numpy()):
             return None
-        return marker["bad"]
+        return marker
 
-    def mark_part_done(self, index: int, part: torch.Tensor, bad: list) -> None:
-        """Records that part `index` is decoded into `part` (the SHA-256 of its bytes, under the HMAC)."""
+    def mark_part_done(self, index: int, part: torch.Tensor, record: dict) -> None:
+        """Records that part `index` is decoded into `part` (the SHA-256 of its bytes, under the HMAC), with
+        `record` (its unreadable images, its files' signatures and digests)."""
         if self._buffers:
-            self.save_part(index, {"sha256": _sha256(part.numpy()), "bad": bad})
+            self.save_part(index, {"sha256": _sha256(part.numpy()), **record})
 
     # -- parts of a decode in progress: an interrupted first decode goes on where it stopped ---------------
     # Each part (a chunk of decoded images) is an entry of its own, checked like the whole one, in

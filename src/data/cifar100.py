@@ -13,6 +13,7 @@ import torch
 from ..errors import DataError
 from ..fileio import open_regular
 from .images import resize_uint8, to_channels
+from .memory import check_fits_in_host_memory
 from .raw import RawData, Split
 
 log = logging.getLogger(__name__)
@@ -129,6 +130,7 @@ def read_cifar100(root: str | os.PathLike, label_type: str, channels: int, image
             if not (isinstance(pixels, np.ndarray) and pixels.dtype == np.uint8 and pixels.ndim == 2
                     and pixels.shape[1] == 3 * 32 * 32):
                 raise DataError(f"{folder / name}: data is not an N x 3072 array of uint8 pixels")
+            check_fits_in_host_memory(len(pixels), channels, image_size, f"{folder / name}")
             images = torch.from_numpy(np.ascontiguousarray(pixels).reshape(-1, 3, 32, 32))
             labels = _release_labels(batch, labels_key, folder / name, len(images), len(classes))
             files = [f"{CIFAR100_FOLDER}/{name}[{i}]" for i in range(len(labels))]

@@ -22,7 +22,7 @@ import torch
 
 from .. import registry
 from ..errors import ConfigError, DataError
-from ..value_checks import check_value, require
+from ..value_checks import MAX_IMAGE_SIZE, check_value, require
 from .cifar100 import CIFAR100_LABELS, read_cifar100
 from .decoding import read_folder, read_listed
 from .digits import read_digits
@@ -67,7 +67,8 @@ class ImageData:
         folds_ok = folds is None or (type(folds) is int and folds >= 2)  # type(): not a bool, not a float
         for ok, key, value, rule in [
             (channels in (1, 3), "data.channels", channels, "must be 1 or 3"),
-            (image_size >= 8, "data.image_size", image_size, "must be at least 8"),
+            # the range a checkpoint's meta.data.image_size must be in (checkpoint_file._META_RULES)
+            (8 <= image_size <= MAX_IMAGE_SIZE, "data.image_size", image_size, f"must be in [8, {MAX_IMAGE_SIZE}]"),
             (batch_size >= 1, "data.batch_size", batch_size, "must be at least 1"),
             (eval_batch_size >= 1, "data.eval_batch_size", eval_batch_size, "must be at least 1"),
             (0 <= val_split < 1, "data.val_split", val_split, "must be in [0, 1)"),

@@ -1,6 +1,7 @@
 """Decoding single image files into fixed-size uint8 arrays, and the errors bad data raises."""
 from __future__ import annotations
 
+import io
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,26 +44,40 @@ def _upright(im: Image.Image) -> Image.Image:
     return ImageOps.exif_transpose(im) if orientation in range(2, 9) else im
 
 
-def decode_image(path: str, channels: int, size: int) -> np.ndarray:
-    """Returns the image at `path` as a (size, size, channels) uint8 array (first frame of animations).
+def decode_image(path: str, channels: int, size: int, data: bytes | None = None) -> np.ndarray:
+    """Returns the image at `path` (or its bytes `data`, already read) as a (size, size, channels) uint8 array
+    (first frame of animations).
 
     Raises BadImageError naming the file when Pillow cannot read it.
     """
-    with read_image(path) as im:
+    with read_image(path, data) as im:
         return image_to_array(im, channels, size)
 
 
+class _FileBytes(io.BytesIO):
+    """A file's bytes, read once by the caller; Pillow's errors show it as the file's path, not as an object
+    address (a different one on every run, and the message is stored with an unreadable image)."""
+
+    def __init__(self, data: bytes, path: str):
+        super().__init__(data)
+        self.path = path
+
+    def __repr__(self) -> str:
+        return repr(self.path)
+
+
 @contextmanager
-def read_image(path: str) -> Iterator[Image.Image]:
-    """`with read_image(path) as im:` the image at `path` upright (EXIF orientation applied), as Pillow
-    reads it (the file stays open inside the block). Pillow's failures inside the block, and its
-    decompression-bomb warning, become a BadImageError naming the file: keep the block to the decoding."""
+def read_image(path: str, data: bytes | None = None) -> Iterator[Image.Image]:
+    """`with read_image(path) as im:` the image at `path` (decoded from `data` when given: the file's bytes,
+    read once by the caller) upright (EXIF orientation applied), as Pillow reads it (the file stays open
+    inside the block). Pillow's failures inside the block, and its decompression-bomb warning, become a
+    BadImageError naming the file: keep the block to the decoding."""
     try:
         with warnings.catch_warnings():
             # Pillow warns (rather than fails) on some damaged files; treat those as unreadable too.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             # open_regular: a FIFO or device named like an image is refused instead of blocking the run
-            with open_regular(path) as f, Image.open(f) as im:
+            with _FileBytes(data, path) if data is not None else open_regular(path) as f, Image.open(f) as im:
                 yield _upright(im)
     except MemoryError:
         raise BadImageError(f"cannot read image {path}: it needs more memory than is available") from None
@@ -82,13 +97,20 @@ def image_to_array(im: Image.Image, channels: int, size: int) -> np.ndarray:
     return np.asarray(im, dtype=np.uint8).reshape(size, size, channels)
 
 
+RESIZE_CHUNK = 1024  # images resized at a time: a float copy of a whole dataset would take 4 bytes a pixel
+
+
 def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Resizes a (N, C, H, W) uint8 batch to (N, C, size, size) with antialiased bilinear filtering."""
+    """Resizes a (N, C, H, W) uint8 batch to (N, C, size, size) with antialiased bilinear filtering, in chunks
+    (each image is resized on its own, so the chunks give the same pixels as one call)."""
     if images.shape[-2:] == (size, size):
         return images
-    resized = F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True,
-                            align_corners=False)
-    return resized.round_().clamp_(0, 255).to(torch.uint8)
+    resized = torch.empty((*images.shape[:2], size, size), dtype=torch.uint8)
+    for start in range(0, len(images), RESIZE_CHUNK):
+        part = F.interpolate(images[start:start + RESIZE_CHUNK].float(), size=(size, size), mode="bilinear",
+                             antialias=True, align_corners=False)
+        resized[start:start + RESIZE_CHUNK] = part.round_().clamp_(0, 255)
+    return resized
 
 
 def to_channels(images: torch.Tensor, channels: int) -> torch.Tensor:

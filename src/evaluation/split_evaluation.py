@@ -21,7 +21,7 @@ from ..data import Split
 from ..errors import UserError
 from ..figures import confusion_matrix_figure, misclassified_figure, pca_figure, pr_figure, roc_figure, save_figure
 from ..fileio import atomic_write_json
-from ..inference.predictor import average_probabilities, checkpoint_paths, load_predictors
+from ..inference.predictor import average_probabilities, checkpoint_paths, load_predictors, require_finite
 from ..runtime.distributed import map_shards
 from .metrics import BY_NAME, SCALAR_METRICS, compute_metrics, per_class_table
 
@@ -48,8 +48,11 @@ def score(log_probs: torch.Tensor, split: Split, classes: list[str]) -> Evaluati
 def evaluate_split(predictor, split: Split, classes: list[str], description: str = "evaluating") -> Evaluation:
     """The evaluation of a Predictor (or Ensemble) on one split; `description` (the split's name) names the
     pass in its progress. In a DDP run each rank predicts its share of the split and every rank scores all
-    the predictions: the metrics of the whole split, the same on every rank."""
-    return score(map_shards(lambda images: predictor.log_probs(images, description), split.images), split, classes)
+    the predictions: the metrics of the whole split, the same on every rank. Outputs that are not finite are
+    an error (scikit-learn's would be a traceback), raised on every rank alike: each holds all outputs."""
+    log_probs = map_shards(lambda images: predictor.log_probs(images, description), split.images)
+    require_finite(log_probs, f"the model on {description}", getattr(predictor, "precision", "fp32"))
+    return score(log_probs, split, classes)
 
 
 def prefixed(prefix: str, metrics: dict) -> dict:

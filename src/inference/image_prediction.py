@@ -25,6 +25,7 @@ from ..data.folders import find_images
 from ..data.images import image_to_array, read_image
 from ..errors import BadImageError, UserError
 from ..figures import save_figure
+from ..fileio import check_writable_folder
 from ..progress import Progress
 from .face_classifier import FaceClassifier, progress_every_s
 from .faces import annotate, looks_precropped
@@ -69,6 +70,11 @@ def prediction_row(classes: Sequence[str], probs: torch.Tensor, top_k: int, **wh
 def predict_images(cfg) -> list[dict]:
     """`python -m src.predict`: top-k classes per face (or per image), printed and written to out_dir."""
     check_values(cfg, PREDICT_RULES)
+    # where the results go, checked before any work: out_dir (annotated images and videos, the table), output's folder
+    if cfg.output:
+        check_writable_folder(Path(cfg.output).parent, "output")
+    if cfg.faces or cfg.saliency or not cfg.output or cfg.get("video") is not None:
+        check_writable_folder(cfg.out_dir, "out_dir")
     if cfg.get("video") is not None:
         return predict_video(cfg)
     if cfg.images is None:

@@ -17,7 +17,8 @@ import torch
 
 from ..data.inputs import ModelInput
 from ..errors import ConfigError, UserError
-from .predictor import checkpoint_paths, load_model
+from ..fileio import check_writable_folder
+from .predictor import checkpoint_paths, load_model, require_finite
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +46,12 @@ def export_checkpoint(ckpt_path: str, fmt: str, output: str | None = None) -> Pa
         if written.exists() and written.resolve() == Path(ckpt_path).expanduser().resolve():
             raise ConfigError(f"output={output or out} would overwrite the checkpoint it exports ({ckpt_path}); "
                               "choose another output path")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    check_writable_folder(out.parent, "output")
     # the model's input: the training crop when it was trained on crops, else the whole image
     side = ModelInput(data["mean"], data["std"], meta.get("input_size")).input_size(data["image_size"])
     example = torch.randn(2, data["channels"], side, side)
+    with torch.no_grad():  # weights that overflow would export, and fail the comparison below as "broken"
+        require_finite(model(example), f"checkpoint {ckpt_path}", "fp32")
     if fmt == "onnx":
         try:
             import onnx  # noqa: F401  (torch's exporter needs it and onnxscript)

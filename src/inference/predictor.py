@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import registry
-from ..checkpoint_file import load_checkpoint
+from ..checkpoint_file import check_weights, load_checkpoint
 from ..config import build_stored
 from ..data.inputs import TTA_MODES, ModelInput
 from ..errors import ConfigError, UserError
@@ -31,15 +31,18 @@ log = logging.getLogger(__name__)
 class Predictor:
     """One model, ready to predict: its inputs (normalization, memory format, the centre crop or the views
     of test-time augmentation: data.inputs.ModelInput), device and precision. A pass that takes a while
-    shows its progress (src/progress.py: a bar on terminals, else a log line every `log_every_s` seconds)."""
+    shows its progress (src/progress.py: a bar on terminals, else a log line every `log_every_s` seconds).
+    `source` is the checkpoint the model was loaded from: its outputs are checked to be finite, and an error
+    names it (in an ensemble, the member at fault)."""
 
     def __init__(self, model: nn.Module, inputs: ModelInput, device: torch.device | str = "cpu",
                  precision: str = "fp32", tta: str = "none", crop_size: int | None = None, batch_size: int = 512,
-                 log_every_s: float = DEFAULT_EVERY_S):
+                 log_every_s: float = DEFAULT_EVERY_S, source: str | None = None):
         if tta not in TTA_MODES:
             raise ConfigError(f"tta.mode={tta} is invalid: use one of {', '.join(TTA_MODES)}")
         self.model, self.inputs, self.device, self.precision = model, inputs, torch.device(device), precision
         self.tta, self.crop_size, self.batch_size, self.log_every_s = tta, crop_size, batch_size, log_every_s
+        self.source = source
 
     def _batches(self, images: torch.Tensor):
         for start in range(0, len(images), self.batch_size):
@@ -65,7 +68,13 @@ class Predictor:
                         progress.update(len(batch) * (i + 1) // len(views) - len(batch) * i // len(views))
                     mean = torch.stack(logits).mean(0)
                 out.append(F.log_softmax(mean, dim=1))
-        return torch.cat(out).cpu()
+        result = torch.cat(out).cpu()
+        # Only a model loaded from a file checks here: the trainer's predicts a share of a split per DDP
+        # process, and one process raising alone would leave the others waiting (evaluate_split checks the
+        # gathered outputs instead)
+        if self.source is not None:
+            require_finite(result, f"checkpoint {self.source}", self.precision)
+        return result
 
     def check_has_features(self) -> None:
         """forward_features is optional for a user's model (docs/plugins.md): only the features need it."""
@@ -86,6 +95,16 @@ class Predictor:
                     out.append(self.model.forward_features(self.inputs.centre(batch)).float())
                 progress.update(len(batch))
         return torch.cat(out).cpu()
+
+
+def require_finite(outputs: torch.Tensor, who: str, precision: str) -> None:
+    """Outputs (logits or log-probabilities) with a NaN or an infinity are an error naming `who`: finite
+    weights can still overflow (huge weights, a damaged buffer), and scikit-learn's metrics would fail on
+    them with a traceback."""
+    if not bool(torch.isfinite(outputs).all()):
+        hint = "" if precision == "fp32" else "; try trainer.precision=fp32"
+        raise UserError(f"{who} gives outputs that are not finite (NaN or infinite in {precision}): its weights are "
+                        f"damaged or too large{hint}")
 
 
 def average_probabilities(log_probs: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -110,33 +129,33 @@ def load_model(ckpt_path: str | Path, device: torch.device | str = "cpu") -> tup
     (config, data: classes, channels, image_size, mean, std; input_size: the training crop or None).
 
     The stored model config is data from a file that anyone may have written: only the runner's own
-    registered model classes are built from it (config.build_stored), first on the meta device, where the shapes of
-    its parameters must equal the checkpoint's tensors before any memory is allocated for them."""
+    registered model classes are built from it (config.build_stored), first on the meta device, where its
+    parameters must fit the checkpoint's tensors (checkpoint_file.check_weights: names, shapes, dtypes, finite
+    values) before any memory is allocated for them."""
     ckpt = load_checkpoint(ckpt_path, map_location="cpu")
     meta = ckpt["meta"]
+    source = f"checkpoint {ckpt_path}"
+    with torch.device("meta"):
+        skeleton = stored_model(meta, source)
+    check_weights(ckpt["model"], skeleton, ckpt_path)  # before the model's memory is allocated
+    model = stored_model(meta, source)
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), {**meta, "epoch": ckpt.get("epoch")}
+
+
+def stored_model(meta: dict, source: str) -> nn.Module:
+    """The model a checkpoint's meta describes, built from its stored config (config.build_stored: registered
+    classes only) on the current device (`with torch.device("meta")`: no memory); its weights are not loaded."""
     data = meta.get("data") or {}
     described = all(data.get(k) is not None for k in ("classes", "channels", "image_size", "mean", "std"))
     if not described or not (meta.get("config") or {}).get("model"):
-        raise UserError(f"checkpoint {ckpt_path} lacks the data description (classes, normalization) or the model "
-                        "config to predict")
-
-    def rebuild() -> nn.Module:
-        stored = meta["config"]["model"]
-        known = {"num_classes": len(data["classes"]), "in_channels": data["channels"]}
-        if "pretrained" in stored:
-            known["pretrained"] = False  # the weights come from the checkpoint: no download
-        return build_stored(stored, "model", f"checkpoint {ckpt_path}", **known)
-
-    with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in rebuild().state_dict().items()}
-    stored = {k: tuple(v.shape) for k, v in ckpt["model"].items()}
-    if expected != stored:
-        wrong = sorted(set(expected) ^ set(stored)) or [k for k in expected if expected[k] != stored[k]]
-        raise UserError(f"checkpoint {ckpt_path} was refused: its weights do not fit the model its config describes "
-                        f"({len(wrong)} tensors differ, first: {wrong[0]})")
-    model = rebuild()
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval(), {**meta, "epoch": ckpt.get("epoch")}
+        raise UserError(f"{source} lacks the data description (classes, normalization) or the model config to "
+                        "predict")
+    stored = meta["config"]["model"]
+    known = {"num_classes": len(data["classes"]), "in_channels": data["channels"]}
+    if "pretrained" in stored:
+        known["pretrained"] = False  # the weights come from the checkpoint: no download
+    return build_stored(stored, "model", source, **known)
 
 
 def _runtime_settings(trainer_cfg, trained: dict, device: torch.device) -> tuple[str, bool]:
@@ -196,5 +215,5 @@ def load_predictors(ckpt_paths: Sequence[str], trainer_cfg, tta_cfg, batch_size:
         inputs = ModelInput(data["mean"], data["std"], meta.get("input_size"), channels_last=channels_last)
         predictors.append(Predictor(model, inputs, device, precision, tta_cfg.mode, tta_cfg.crop_size,
                                     batch_size or (meta["config"].get("data") or {}).get("eval_batch_size") or 512,
-                                    every_s))
+                                    every_s, source=str(path)))
     return predictors, first

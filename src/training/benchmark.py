@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
+from ..command_rules import BENCH_RULES, check_values
 from ..config import build
 from ..data.decoding import read_folder
 from ..data.inputs import ModelInput
@@ -161,6 +162,7 @@ def eval_seconds(data, trainer, model, images: int, crop_size: int | None) -> di
 
 
 def run_benchmark(cfg: DictConfig, run_dir: str | Path, overrides: list[str], model_name: str | None) -> dict:
+    check_values(cfg, BENCH_RULES)
     run_dir = Path(run_dir)
     b = cfg.bench
     data = build(cfg.data)

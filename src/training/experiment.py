@@ -16,13 +16,15 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ..checkpoint_file import check_meta
 from ..command_rules import TRAIN_RULES, check_model_config, check_optimizer_config, check_values
-from ..config import build
+from ..config import build, build_stored
 from ..data.inputs import ModelInput
 from ..errors import ConfigError, UserError
 from ..evaluation.metrics import EPOCH_METRICS, METRICS, SUMMARY_METRICS, per_class_table
 from ..evaluation.split_evaluation import Evaluation, evaluate_split, prefixed, write_split_report
 from ..fileio import atomic_write_json
+from ..inference.predictor import stored_model
 from ..models import count_conv_layers, count_parameters, size_mb
 from ..runtime import distributed as ddp
 from ..runtime.run_info import collect_run_info, earlier_commands
@@ -53,6 +55,12 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None,
     trainer: Trainer = build(cfg.trainer)  # trainer=ddp under torchrun: joins the other processes here
     augment, schedule, data = build(cfg.aug), build(cfg.sched), build(cfg.data)
     check_model_config(cfg.model, data.channels)
+    # The checkpoints of this run must be ones the runner reads back: their meta passes the rules of every
+    # reader, checked by the readers' own code, on the config now and on the real meta once the data is read.
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    check_meta({"config": resolved, "input_size": augment.crop_size,
+                "data": {"classes": data.selected_classes, "channels": data.channels, "image_size": data.image_size,
+                         "mean": data.mean, "std": data.std}}, where="")
     if cfg.tta.crop_size is not None and cfg.tta.crop_size > data.image_size:  # found out after training otherwise
         raise ConfigError(f"tta.crop_size={cfg.tta.crop_size} is invalid: it is larger than the "
                           f"{data.image_size}x{data.image_size} images")
@@ -80,7 +88,8 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None,
              size_mb(model))
     inputs = ModelInput.for_training(data.mean, data.std, augment, trainer.channels_last)
     recipe = Recipe(optimizer, schedule, make_criterion(cfg.loss, data.class_counts), inputs, cfg.seed)
-    meta = {"config": OmegaConf.to_container(cfg, resolve=True), "data": data.describe(), "input_size": inputs.crop}
+    meta = {"config": resolved, "data": data.describe(), "input_size": inputs.crop}
+    _check_readable(meta)
     checkpoints = DevRunCheckpoints() if dev_run else RunCheckpoints(run_dir / "checkpoints", meta)
     logger = build(cfg.logger, log_dir=run_dir) if main and not dev_run else NullLogger()
     try:
@@ -115,6 +124,20 @@ def train(cfg: DictConfig, run_dir: str | Path, choices: dict | None = None,
     finally:
         logger.close()
     return metrics
+
+
+def _check_readable(meta: dict) -> None:
+    """The meta this run's checkpoints will hold, read back as evaluate / predict / export read it: its types
+    and ranges (a dataset reader may have named two classes alike), the model rebuilt from its stored config
+    on the meta device, the dataset from its stored config."""
+    source = "this run's checkpoint"
+    try:
+        check_meta(meta)
+    except ConfigError as exc:
+        raise UserError(f"{source} would be refused: its {exc}") from None
+    with torch.device("meta"):
+        stored_model(meta, source)
+    build_stored(meta["config"]["data"], "data", source)
 
 
 def _world(trainer: Trainer) -> dict:

@@ -22,7 +22,7 @@ import torch.nn as nn
 import yaml
 from omegaconf import DictConfig
 
-from ..checkpoint_file import load_checkpoint, save_checkpoint
+from ..checkpoint_file import check_weights, load_checkpoint, save_checkpoint
 from ..config import check_arguments
 from ..data.inputs import ModelInput
 from ..errors import ConfigError, UserError
@@ -138,6 +138,7 @@ class Resumable:
         except RuntimeError as exc:
             raise UserError(f"checkpoint {path} does not fit this model (pass the same model overrides "
                             f"as the run that wrote it): {str(exc).splitlines()[0]}") from None
+        check_weights(ckpt["model"], self.model, path)  # dtypes and finite values: a NaN weight would train on
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if ckpt["scaler"]:  # empty from a run without fp16: the scaler starts afresh
