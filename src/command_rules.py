@@ -45,6 +45,7 @@ BENCH_RULES: list[Rule] = [  # src.bench: a training config and the bench node (
     *TRAIN_RULES,
     ("bench.batches", int, lambda v: v >= 1, "at least 1"),
     ("bench.warmup", int, lambda v: v >= 0, ">= 0"),
+    ("bench.rounds", int, lambda v: v >= 1, "at least 1"),
     ("bench.reference", str | None, None, ""),
     ("bench.reference_modes", list[str], lambda v: set(v) <= {"seed", "bare"}, "a list of seed and bare"),
     ("bench.decode", bool, None, ""),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hydra import compose, initialize_config_dir
 
 from src.training.benchmark import bench_table, run_benchmark
@@ -15,13 +16,18 @@ def test_bench_measures_the_runner_and_its_bare_loop(tmp_path):
     overrides = [o for o in fast_overrides(root, tmp_path / "cache") if not o.startswith("trainer.max_epochs")]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("bench", overrides=[*overrides, "aug=basic", "bench.batches=4", "bench.warmup=1",
-                                          "bench.reference=null", "bench.startup=false", "bench.eval_images=16"])
+                                          "bench.rounds=2", "bench.reference=null", "bench.startup=false",
+                                          "bench.eval_images=16"])
     result = run_benchmark(cfg, tmp_path / "bench", overrides, "lenet")
     assert result["runner_images_per_s"] > 0 and result["bare_same_precision_images_per_s"] > 0
     assert result["decode_first_s"] > 0 and result["decode_cached_s"] > 0
     assert result["eval"]["tencrop_s"] > 0 and result["eval"]["images"] == 16
     assert result["augment_images_per_s"]["own"] > 0 and result["peak_rss_gib"] > 0
     assert result["ratios"]["runner_over_bare_same_precision"] > 0
+    rounds = result["rounds"]  # the loops in turn, twice: each figure the median round, each ratio of one round
+    assert len(rounds) == 2 and result["runner_images_per_s"] == sum(r["runner_images_per_s"] for r in rounds) / 2
+    assert result["ratios"]["runner_over_bare_same_precision"] == pytest.approx(
+        sum(r["runner_images_per_s"] / r["bare_same_precision_images_per_s"] for r in rounds) / 2)
     assert result["ratios"]["runner_over_seed"] is None  # no reference loop measured
     saved = json.loads((tmp_path / "bench" / "bench.json").read_text())
     assert saved["runner_images_per_s"] == result["runner_images_per_s"]
@@ -35,7 +41,8 @@ def test_bench_runs_the_reference_loop_of_the_repository(tmp_path, monkeypatch):
     root = write_dataset(tmp_path / "data", splits={"train": 30, "val": 4, "test": 6})
     overrides = [o for o in fast_overrides(root, tmp_path / "cache") if not o.startswith("trainer.max_epochs")]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("bench", overrides=[*overrides, "bench.batches=3", "bench.warmup=1", "bench.startup=false",
+        cfg = compose("bench", overrides=[*overrides, "bench.batches=3", "bench.warmup=1", "bench.rounds=1",
+                                          "bench.startup=false",
                                           "bench.decode=false", "bench.eval=false", "bench.augment=false",
                                           "bench.reference_modes=[bare]"])
     assert cfg.bench.reference == "tools/reference_loop.py"

@@ -374,8 +374,9 @@ def test_the_bench_measures_a_user_model_in_the_runner_and_the_reference_loop(tm
     user = write_user_code(tmp_path, splits={"train": 24, "val": 4, "test": 4})
     run_dir = tmp_path / "bench"
     result = run_cli("bench", user, "--config-dir", str(user["conf"]), "model=tiny", "data=manifest",
-                     "plugins=[usernet]", *fast(tmp_path), "bench.batches=2", "bench.warmup=1", "bench.startup=false",
-                     "bench.decode=false", "bench.eval=false", "bench.augment=false", "bench.reference_modes=[bare]",
+                     "plugins=[usernet]", *fast(tmp_path), "bench.batches=2", "bench.warmup=1", "bench.rounds=1",
+                     "bench.startup=false", "bench.decode=false", "bench.eval=false", "bench.augment=false",
+                     "bench.reference_modes=[bare]",
                      f"hydra.run.dir={quote(run_dir)}")
     assert result.returncode == 0, result.stderr[-3000:]
     bench = json.loads((run_dir / "bench.json").read_text())

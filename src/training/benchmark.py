@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -182,19 +183,24 @@ def run_benchmark(cfg: DictConfig, run_dir: str | Path, overrides: list[str], mo
     data.setup()
     result["train_images"] = len(data.splits["train"])
 
-    ips, trainer = runner_images_per_s(cfg, data, b.batches, b.warmup)
+    script = PROJECT_ROOT / Path(b.reference).expanduser() if b.reference else None  # relative: to the repository
+    if b.reference and not (script and script.is_file() and folder):
+        log.warning("reference loop skipped: needs %s and a folder dataset with train/", script)
+        script = None
+    rounds, trainer = [], None
+    for _ in range(b.rounds):  # interleaved: on a shared machine the load drifts; loops side by side compare
+        ips, trainer = runner_images_per_s(cfg, data, b.batches, b.warmup)
+        row = {"runner_images_per_s": ips,
+               "bare_same_precision_images_per_s": bare_images_per_s(cfg, data, trainer, b.batches, b.warmup)}
+        for mode in b.reference_modes if script else ():
+            row[f"reference_{mode}_images_per_s"] = reference_images_per_s(script, mode, root, cfg.model, data,
+                                                                           b.batches, b.warmup)
+        rounds.append(row)
+    result |= {key: _median([row[key] for row in rounds]) for key in rounds[0]}  # each loop's median round
     result |= {"device": str(trainer.device), "device_name": device_name(trainer.device),
                "cpu_threads": torch.get_num_threads(), "precision": trainer.precision,
-               "channels_last": trainer.channels_last, "runner_images_per_s": ips,
-               "runner_epoch_s": result["train_images"] / ips}
-    result["bare_same_precision_images_per_s"] = bare_images_per_s(cfg, data, trainer, b.batches, b.warmup)
-    script = PROJECT_ROOT / Path(b.reference).expanduser() if b.reference else None  # relative: to the repository
-    if script and script.is_file() and folder:
-        for mode in b.reference_modes:
-            result[f"reference_{mode}_images_per_s"] = reference_images_per_s(script, mode, root, cfg.model, data,
-                                                                              b.batches, b.warmup)
-    elif b.reference:
-        log.warning("reference loop skipped: needs %s and a folder dataset with train/", script)
+               "channels_last": trainer.channels_last, "rounds": rounds,
+               "runner_epoch_s": result["train_images"] / result["runner_images_per_s"]}
     if b.startup:
         result["startup"] = startup_seconds(overrides)
     if b.eval:
@@ -218,9 +224,16 @@ def run_benchmark(cfg: DictConfig, run_dir: str | Path, overrides: list[str], mo
     return result
 
 
+def _median(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
 def ratios(r: dict) -> dict:
+    """The runner against each other loop: the median over the rounds of the ratio within each round."""
     def ratio(a, b):
-        return None if r.get(a) is None or r.get(b) in (None, 0) else r[a] / r[b]
+        return _median([row[a] / row[b] if row.get(a) is not None and row.get(b) else None
+                        for row in r.get("rounds") or [r]])
 
     return {"runner_over_seed": ratio("runner_images_per_s", "reference_seed_images_per_s"),
             "runner_over_reference_bare": ratio("runner_images_per_s", "reference_bare_images_per_s"),
@@ -241,9 +254,11 @@ def bench_table(r: dict) -> str:
                        ("bare", "reference compute ceiling, fp32")):
         if f"reference_{mode}_images_per_s" in r:
             rows.append((f"reference `--mode {mode}`", num(r[f"reference_{mode}_images_per_s"]), what))
+    rounds = len(r.get("rounds") or [r])
     lines = [f"{r['model']} on {r['data']} ({r['train_images']:,} training images, batch {r['batch_size']}, "
              f"{r['channels']}x{r['image_size']}x{r['image_size']}), {r['device']} ({r['device_name']}, "
-             f"{r['cpu_threads']} threads)", "", "| loop | images/s | notes |", "|---|---:|---|"]
+             f"{r['cpu_threads']} threads); each loop's median of {rounds} interleaved rounds, each ratio the "
+             "median of the rounds' ratios", "", "| loop | images/s | notes |", "|---|---:|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     q = r["ratios"]
     lines += ["", "| measure | value |", "|---|---:|",
