@@ -18,7 +18,7 @@ from tests.helpers import write_dataset
 pytestmark = pytest.mark.slow  # subprocesses that import torchvision (tests/test_bench.py runs the loop once)
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "src" / "runtime" / "reference_loop.py"
+SCRIPT = ROOT / "tools" / "reference_loop.py"
 # Another copy of the yardstick to agree with, when the environment names one (src.bench reads it too).
 OTHER = Path(os.environ.get("BENCH_REFERENCE", "")).expanduser()
 HAS_OTHER = bool(os.environ.get("BENCH_REFERENCE")) and OTHER.is_file()
