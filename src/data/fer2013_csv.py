@@ -4,7 +4,6 @@ load."""
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import logging
 import os
@@ -35,7 +34,7 @@ class _Hashing(io.RawIOBase):
     one to record for them (taken before the read)."""
 
     def __init__(self, f: IO[bytes]):
-        self.f, self.digest = f, hashlib.sha256()
+        self.f, self.digest = f, freshness.content_hasher()
         self.signature = freshness.signature_to_record(f.fileno())
 
     def readable(self) -> bool:
@@ -51,7 +50,7 @@ class _Hashing(io.RawIOBase):
         last row)."""
         while chunk := self.f.read(1 << 20):
             self.digest.update(chunk)
-        return self.digest.digest()[:freshness.DIGEST_BYTES].hex()
+        return freshness.finish_digest(self.digest).hex()
 
 
 def _parse_fer2013_csv(path: Path) -> dict:

@@ -48,8 +48,19 @@ def signature(st: os.stat_result) -> int:
     return hash((st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev))
 
 
+def content_hasher():
+    """The hash of a file's content, fed as its bytes are read (`update`); `finish_digest` gives what is recorded."""
+    return hashlib.sha256()
+
+
+def finish_digest(hasher) -> bytes:
+    return hasher.digest()[:DIGEST_BYTES]
+
+
 def content_digest(data: bytes) -> bytes:
-    return hashlib.sha256(data).digest()[:DIGEST_BYTES]
+    hasher = content_hasher()
+    hasher.update(data)
+    return finish_digest(hasher)
 
 
 def signature_to_record(fd: int) -> int:
